@@ -1,0 +1,265 @@
+"""Load mmengine-style configs: the harness's own and the reference repository's.
+
+A config is read with mmengine's ``Config`` (so ``_base_`` inheritance works
+unchanged) and then only *read* through the accessors below, which know where
+each field lives in both layouts the harness accepts:
+
+- mmaction2 0.x / Video-Swin-Transformer: ``data.test.{ann_file,data_prefix,pipeline}``,
+  module-level ``test_pipeline`` and ``img_norm_cfg``, ``Normalize`` in the pipeline;
+- mmaction2 1.x: ``test_dataloader.dataset.{ann_file,data_prefix.video,pipeline}``,
+  normalization in ``model.data_preprocessor``.
+
+A field the harness needs but cannot find raises :class:`ConfigError` naming the key.
+The harness's own options live in an optional ``harness`` section (see
+:class:`HarnessOptions`); reference configs have none and get the defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.errors import ConfigError
+
+REPO_DIR = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO_DIR / "configs"
+LABEL_MAP_K400 = CONFIG_DIR / "label_map_k400.txt"
+
+_MISSING = object()
+
+
+def load_config(path: str | Path):
+    """Read a config file (with its ``_base_`` files) into an mmengine ``Config``.
+
+    ``path`` may also be the bare name of a file in the project's ``configs/``
+    folder (``swin_small_k400`` or ``swin_small_k400.py``).
+    """
+    from mmengine.config import Config  # imported here: decode workers never need it
+
+    path = Path(path)
+    if not path.exists():
+        candidate = CONFIG_DIR / (path.name if path.suffix else path.name + ".py")
+        if candidate.exists():
+            path = candidate
+        else:
+            raise ConfigError(
+                f"config file not found: {path} (give a path to an mmengine-style .py config,"
+                f" or the name of one in {CONFIG_DIR})"
+            )
+    try:
+        cfg = Config.fromfile(str(path))
+    except Exception as exc:  # mmengine raises many types for a bad file
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    cfg["_harness_config_path"] = str(path.resolve())
+    return cfg
+
+
+def config_name(cfg) -> str:
+    """The config's file name without extension (used for default work dirs)."""
+    return Path(cfg.get("_harness_config_path", "config")).stem
+
+
+def lookup(cfg, dotted: str, default: Any = _MISSING) -> Any:
+    """Return ``cfg[a][b][c]`` for ``dotted='a.b.c'``; a missing key raises ConfigError."""
+    node: Any = cfg
+    for i, part in enumerate(dotted.split(".")):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+            continue
+        if hasattr(node, "keys") and part in node.keys():
+            node = node[part]
+            continue
+        if default is not _MISSING:
+            return default
+        where = ".".join(dotted.split(".")[:i]) or "the top level"
+        raise ConfigError(f"config key '{dotted}' is missing ('{part}' not found under {where})")
+    return node
+
+
+def _first_present(cfg, keys: list[str]) -> Any:
+    for key in keys:
+        value = lookup(cfg, key, default=None)
+        if value is not None:
+            return value
+    raise ConfigError(f"config key '{keys[0]}' is missing (also looked for: {', '.join(keys[1:])})")
+
+
+def _plain(value: Any) -> Any:
+    """mmengine ConfigDict/list -> plain dict/list, so callers get ordinary Python data."""
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+# ---------------------------------------------------------------- model section
+
+def model_section(cfg) -> dict:
+    """The ``model`` dict (Recognizer3D with a SwinTransformer3D backbone and an I3DHead)."""
+    model = _plain(lookup(cfg, "model"))
+    for key, expected in (("type", "Recognizer3D"), ("backbone.type", "SwinTransformer3D"),
+                          ("cls_head.type", "I3DHead")):
+        value = lookup(model, key, default=expected)
+        if value != expected:
+            raise ConfigError(f"config key 'model.{key}' is {value!r}; the harness supports {expected!r}")
+    lookup(model, "backbone")
+    lookup(model, "cls_head.num_classes")
+    lookup(model, "cls_head.in_channels")
+    return model
+
+
+def average_clips(cfg) -> str | None:
+    """``model.test_cfg.average_clips`` ('prob', 'score' or None); the reference uses 'prob'."""
+    value = lookup(cfg, "model.test_cfg.average_clips", default="prob")
+    if value not in ("prob", "score", None):
+        raise ConfigError(
+            f"config key 'model.test_cfg.average_clips' is {value!r}; use 'prob', 'score' or None"
+        )
+    return value
+
+
+# ---------------------------------------------------------------- test data
+
+def test_pipeline(cfg) -> list[dict]:
+    """The test-time pipeline as a list of plain dicts."""
+    pipeline = _first_present(
+        cfg, ["data.test.pipeline", "test_dataloader.dataset.pipeline", "test_pipeline"]
+    )
+    if not isinstance(pipeline, (list, tuple)) or not all(isinstance(s, dict) for s in pipeline):
+        raise ConfigError("config key 'data.test.pipeline' must be a list of dicts with a 'type'")
+    return [_plain(step) for step in pipeline]
+
+
+def test_annotations(cfg) -> tuple[str, str]:
+    """``(ann_file, data_prefix)`` of the test split."""
+    ann_file = _first_present(cfg, ["data.test.ann_file", "test_dataloader.dataset.ann_file"])
+    prefix = lookup(cfg, "data.test.data_prefix", default=None)
+    if prefix is None:
+        prefix = lookup(cfg, "test_dataloader.dataset.data_prefix", default=None)
+        if isinstance(prefix, dict):
+            prefix = prefix.get("video")
+    if prefix is None:
+        raise ConfigError("config key 'data.test.data_prefix' is missing")
+    return str(ann_file), str(prefix)
+
+
+def pipeline_step(pipeline: list[dict], type_name: str) -> dict | None:
+    """The first step of the given ``type`` in a pipeline, or None."""
+    return next((step for step in pipeline if step.get("type") == type_name), None)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-channel ``(x - mean) / std`` on RGB uint8 values, as the reference applies it."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    to_bgr: bool = False
+
+
+def normalization(cfg) -> Normalization:
+    """The test pipeline's Normalize step (0.x) or the model's data_preprocessor (1.x)."""
+    step = pipeline_step(test_pipeline(cfg), "Normalize")
+    source = "the test pipeline's Normalize step"
+    if step is None:
+        step = _plain(lookup(cfg, "model.data_preprocessor", default=None))
+        source = "model.data_preprocessor"
+    if step is None or "mean" not in step or "std" not in step:
+        raise ConfigError(
+            "config key 'Normalize.mean/std' is missing: put a Normalize step in the test pipeline"
+            " or mean/std in model.data_preprocessor"
+        )
+    mean, std = tuple(float(v) for v in step["mean"]), tuple(float(v) for v in step["std"])
+    if len(mean) != 3 or len(std) != 3:
+        raise ConfigError(f"mean and std in {source} need 3 values (RGB)")
+    return Normalization(mean, std, bool(step.get("to_bgr", step.get("bgr_to_rgb", False))))
+
+
+@dataclass(frozen=True)
+class ClipGeometry:
+    """What one video becomes: ``views`` views of ``3 x clip_len x height x width``."""
+
+    num_clips: int
+    num_crops: int
+    clip_len: int
+    height: int
+    width: int
+
+    @property
+    def views(self) -> int:
+        return self.num_clips * self.num_crops
+
+    def view_shape(self) -> tuple[int, int, int, int]:
+        return (3, self.clip_len, self.height, self.width)
+
+
+def clip_geometry(cfg) -> ClipGeometry:
+    """Views per video and the clip shape, derived from the test pipeline."""
+    pipeline = test_pipeline(cfg)
+    sample = pipeline_step(pipeline, "SampleFrames")
+    if sample is None:
+        raise ConfigError("config key 'test_pipeline' has no SampleFrames step")
+    for key in ("clip_len", "num_clips"):
+        if key not in sample:
+            raise ConfigError(f"config key 'SampleFrames.{key}' is missing")
+    three, center = pipeline_step(pipeline, "ThreeCrop"), pipeline_step(pipeline, "CenterCrop")
+    crop = three or center
+    if crop is None or "crop_size" not in crop:
+        raise ConfigError("config key 'test_pipeline' needs a ThreeCrop or CenterCrop step with crop_size")
+    size = crop["crop_size"]
+    width, height = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    return ClipGeometry(int(sample["num_clips"]), 3 if three else 1, int(sample["clip_len"]),
+                        height, width)
+
+
+# ---------------------------------------------------------------- harness options
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How ``harness.build`` makes the deployable model (section ``harness.build``)."""
+
+    input_dtype: str = "uint8"          # 'uint8': normalize in-graph; 'float32': the Ascend guide's contract
+    batch: int = 1                      # videos per call
+    views_per_call: int | None = None   # None: all of a video's views in one call
+    opset: int = 17
+    soc_version: str = "Ascend310P3"
+    precision_mode: str | None = None   # ATC --precision_mode
+    op_precision_mode: str | None = None  # ATC --op_precision_mode (path to an .ini)
+    atc_extra_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HarnessOptions:
+    """The config's optional ``harness`` section; reference configs get these defaults."""
+
+    build: BuildOptions = field(default_factory=BuildOptions)
+    sampling: str = "reference"         # 'reference' (mmaction2 0.x) or 'mmaction2-1.x'
+    label_map: str | None = None        # class names file; default: configs/label_map_k400.txt
+
+
+def harness_options(cfg, **overrides: Any) -> HarnessOptions:
+    """The ``harness`` section as dataclasses; ``overrides`` replace build options (CLI flags)."""
+    section = _plain(lookup(cfg, "harness", default={})) or {}
+    build = dict(section.get("build", {}) or {})
+    build.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in dataclasses.fields(BuildOptions)}
+    unknown = sorted(set(build) - known)
+    if unknown:
+        raise ConfigError(f"config key 'harness.build.{unknown[0]}' is not a build option"
+                          f" (known: {', '.join(sorted(known))})")
+    if "atc_extra_args" in build:
+        build["atc_extra_args"] = tuple(build["atc_extra_args"])
+    options = BuildOptions(**build)
+    if options.input_dtype not in ("uint8", "float32"):
+        raise ConfigError(f"config key 'harness.build.input_dtype' is {options.input_dtype!r};"
+                          " use 'uint8' or 'float32'")
+    sampling = section.get("sampling", "reference")
+    if sampling not in ("reference", "mmaction2-1.x"):
+        raise ConfigError(f"config key 'harness.sampling' is {sampling!r};"
+                          " use 'reference' or 'mmaction2-1.x'")
+    return HarnessOptions(build=options, sampling=sampling, label_map=section.get("label_map"))
