@@ -107,9 +107,8 @@ def model_section(cfg) -> dict:
         value = lookup(model, key, default=expected)
         if value != expected:
             raise ConfigError(f"config key 'model.{key}' is {value!r}; the harness supports {expected!r}")
-    lookup(model, "backbone")
-    lookup(model, "cls_head.num_classes")
-    lookup(model, "cls_head.in_channels")
+    for key in ("model.backbone", "model.cls_head.num_classes", "model.cls_head.in_channels"):
+        lookup(cfg, key)
     return model
 
 
