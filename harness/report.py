@@ -1,0 +1,198 @@
+"""report.html: one self-contained page per run (inline CSS and SVG, no scripts, no network).
+
+Reads what a run leaves in its work dir (summary.json, predictions.parquet) and draws:
+headline metrics, per-class accuracy (worst and best classes when there are many),
+top confusions, throughput over time per device, failures with reasons, benchmark loops.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+MAX_CLASS_BARS = 30     # beyond this, show the worst and best half each
+PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7")
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if isinstance(value, float):
+        return "n/a" if np.isnan(value) else f"{value:.{digits}g}" if abs(value) >= 10 else f"{value:.{digits}f}"
+    return _esc(value)
+
+
+def _read_predictions(work_dir: Path) -> list[dict]:
+    path = work_dir / "predictions.parquet"
+    if not path.exists():
+        return []
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+def per_class_accuracy(rows: Sequence[dict]) -> dict[int, tuple[int, int]]:
+    """label -> (correct top-1, videos) over the videos that were scored."""
+    counts: dict[int, list[int]] = {}
+    for row in rows:
+        if row.get("status") != "ok":
+            continue
+        entry = counts.setdefault(int(row["label"]), [0, 0])
+        entry[0] += int(row["top5"][0] == row["label"])
+        entry[1] += 1
+    return {label: (c, n) for label, (c, n) in sorted(counts.items())}
+
+
+def top_confusions(rows: Sequence[dict], limit: int = 10) -> list[tuple[int, int, int]]:
+    """(true label, predicted label, videos), the most frequent top-1 mistakes first."""
+    pairs = Counter((int(r["label"]), int(r["top5"][0])) for r in rows
+                    if r.get("status") == "ok" and r["top5"][0] != r["label"])
+    return [(t, p, n) for (t, p), n in pairs.most_common(limit)]
+
+
+def _class_bars(accuracy: dict[int, tuple[int, int]], names: Sequence[str]) -> str:
+    items = [(c / n, label, n) for label, (c, n) in accuracy.items()]
+    if not items:
+        return "<p>No scored videos.</p>"
+    items.sort()
+    note = ""
+    if len(items) > MAX_CLASS_BARS:
+        half = MAX_CLASS_BARS // 2
+        note = f"<p>{len(items)} classes: the {half} worst and the {half} best.</p>"
+        items = items[:half] + items[-half:]
+    bar_h, label_w, width = 18, 220, 420
+    rows = []
+    for i, (acc, label, n) in enumerate(items):
+        y = i * bar_h
+        name = names[label] if label < len(names) else str(label)
+        rows.append(
+            f'<text x="{label_w - 6}" y="{y + 13}" text-anchor="end">{_esc(name)}</text>'
+            f'<rect x="{label_w}" y="{y + 3}" width="{max(acc * width, 1):.1f}" height="{bar_h - 6}"'
+            f' fill="{PALETTE[0] if acc >= 0.5 else PALETTE[2]}"/>'
+            f'<text x="{label_w + acc * width + 4:.1f}" y="{y + 13}">{acc:.2f} ({n})</text>')
+    height = len(items) * bar_h + 4
+    return (note + f'<svg class="chart" width="{label_w + width + 80}" height="{height}"'
+            f' role="img" aria-label="per-class top-1 accuracy">{"".join(rows)}</svg>')
+
+
+def _throughput_chart(rows: Sequence[dict]) -> str:
+    """Cumulative videos over time, one line per device (needs the ``finished_s`` column)."""
+    timed = [r for r in rows if r.get("finished_s") is not None]
+    if not timed:
+        return "<p>No timing recorded.</p>"
+    by_device: dict[str, list[float]] = {}
+    for row in timed:
+        by_device.setdefault(str(row.get("device") or "none"), []).append(float(row["finished_s"]))
+    t_max = max(max(ts) for ts in by_device.values()) or 1.0
+    n_max = max(len(ts) for ts in by_device.values())
+    width, height, pad = 560, 220, 40
+    lines, legend = [], []
+    for i, (device, times) in enumerate(sorted(by_device.items())):
+        times.sort()
+        points = [(pad, height - pad)] + [
+            (pad + t / t_max * (width - 2 * pad), height - pad - (k + 1) / n_max * (height - 2 * pad))
+            for k, t in enumerate(times)]
+        colour = PALETTE[i % len(PALETTE)]
+        lines.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="'
+                     + " ".join(f"{x:.1f},{y:.1f}" for x, y in points) + '"/>')
+        rate = len(times) / times[-1] if times[-1] > 0 else float("nan")
+        legend.append(f'<span style="color:{colour}">&#9632; {_esc(device)}: {len(times)} videos,'
+                      f" {_fmt(rate, 3)} videos/s</span>")
+    axes = (f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#888"/>'
+            f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="#888"/>'
+            f'<text x="{width - pad}" y="{height - pad + 16}" text-anchor="end">{t_max:.1f} s</text>'
+            f'<text x="{pad - 4}" y="{pad}" text-anchor="end">{n_max}</text>'
+            f'<text x="{pad - 4}" y="{height - pad}" text-anchor="end">0</text>')
+    return (f'<svg class="chart" width="{width}" height="{height}" role="img"'
+            f' aria-label="videos done over time per device">{axes}{"".join(lines)}</svg>'
+            f'<p class="legend">{" &nbsp; ".join(legend)}</p>')
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def render_report(summary: dict, rows: Sequence[dict], class_names: Sequence[str] = ()) -> str:
+    """The report page as a string."""
+    names = list(class_names)
+
+    def name(label: int) -> str:
+        return names[label] if 0 <= label < len(names) else str(label)
+
+    headline = [
+        ("top-1", summary.get("top1")), ("top-5", summary.get("top5")),
+        ("mean class accuracy", summary.get("mean_class_accuracy")),
+        ("videos ok / total", f"{summary.get('videos_ok')} / {summary.get('videos_total')}"),
+        ("failed", summary.get("videos_failed")),
+        ("throughput (videos/s)", summary.get("throughput_videos_per_s")),
+        ("wall time (s)", summary.get("wall_s")),
+        ("backend", summary.get("backend")),
+    ]
+    cards = "".join(f'<div class="card"><div class="k">{_esc(k)}</div><div class="v">{_fmt(v)}</div></div>'
+                    for k, v in headline)
+    confusions = top_confusions(rows)
+    confusion_html = (_table(["true class", "predicted", "videos"],
+                             [(name(t), name(p), n) for t, p, n in confusions])
+                      if confusions else "<p>No top-1 mistakes.</p>")
+    failures = summary.get("failures") or {}
+    failed_rows = [r for r in rows if r.get("status") == "failed"]
+    failure_html = (_table(["reason", "videos"], sorted(failures.items(), key=lambda kv: -kv[1]))
+                    + _table(["index", "path", "error"],
+                             [(r["index"], r["path"], r.get("error")) for r in failed_rows[:100]])
+                    if failures or failed_rows else "<p>No failures.</p>")
+    devices = summary.get("devices") or []
+    device_html = _table(["kind", "id", "node", "videos"],
+                         [(d.get("kind"), d.get("id"), d.get("node"), d.get("videos")) for d in devices])
+    bench = summary.get("bench") or {}
+    bench_rows = [(d.get("device"), d.get("mean_ms"), d.get("p50_ms"), d.get("p99_ms"),
+                   d.get("videos_per_s")) for d in bench.get("devices", [])]
+    bench_html = (_table(["device", "mean ms", "p50 ms", "p99 ms", "videos/s"], bench_rows)
+                  + f"<p>aggregate {_fmt(bench.get('aggregate_videos_per_s'))} videos/s;"
+                    f" pipeline efficiency {_fmt(bench.get('pipeline_efficiency'))}</p>"
+                  if bench_rows else "<p>No benchmark loops in this run.</p>")
+    artifact = summary.get("artifact") or {}
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>Evaluation report: {_esc(summary.get('config', 'run'))}</title>
+<style>
+body{{font-family:system-ui,sans-serif;margin:2em;color:#222;background:#fff}}
+h1{{font-size:1.5em}} h2{{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}}
+.cards{{display:flex;flex-wrap:wrap;gap:.8em}}
+.card{{border:1px solid #ccd;border-radius:6px;padding:.6em 1em;min-width:9em;background:#f7f8fb}}
+.k{{font-size:.8em;color:#555}} .v{{font-size:1.4em;font-weight:600}}
+table{{border-collapse:collapse;margin:.5em 0}} td,th{{border:1px solid #ddd;padding:.25em .6em;text-align:left}}
+svg.chart text{{font-size:11px;fill:#333}} .legend{{font-size:.9em}} .meta{{color:#666;font-size:.85em}}
+</style></head><body>
+<h1>Video Swin evaluation report</h1>
+<p class="meta">config {_esc(summary.get('config', ''))} &middot; artifact {_esc(artifact.get('hash', ''))}
+ &middot; list {_esc(summary.get('ann_file', ''))}</p>
+<div class="cards">{cards}</div>
+<h2>Per-class top-1 accuracy</h2>{_class_bars(per_class_accuracy(rows), names)}
+<h2>Top confusions</h2>{confusion_html}
+<h2>Throughput over time</h2>{_throughput_chart(rows)}
+<h2>Devices</h2>{device_html}
+<h2>Benchmark loops</h2>{bench_html}
+<h2>Failures</h2>{failure_html}
+</body></html>
+"""
+
+
+def write_report(work_dir: str | Path, class_names: Sequence[str] = ()) -> Path:
+    """Write ``<work_dir>/report.html`` from the run's summary and predictions; return its path."""
+    work_dir = Path(work_dir)
+    summary = json.loads((work_dir / "summary.json").read_text())
+    page = render_report(summary, _read_predictions(work_dir), class_names)
+    path = work_dir / "report.html"
+    tmp = path.with_suffix(".html.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    return path
