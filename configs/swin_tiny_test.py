@@ -1,13 +1,14 @@
 # A tiny Video Swin for tests: same architecture and pipeline steps as Swin-S,
 # scaled down so a forward pass takes milliseconds on 2 cores. 64-pixel crops with
-# window 7 exercise the padding path (feature maps 16x16 are not multiples of 7).
+# window 7 exercise the padding path (feature maps 16x16 are not multiples of 7);
+# two blocks per stage so the shifted (masked) windows run too.
 model = dict(
     type='Recognizer3D',
     backbone=dict(
         type='SwinTransformer3D',
         patch_size=(2, 4, 4),
         embed_dim=24,
-        depths=[1, 1, 2, 1],
+        depths=[2, 2, 2, 2],
         num_heads=[1, 2, 3, 4],
         window_size=(4, 7, 7),
         mlp_ratio=2.,
