@@ -194,7 +194,7 @@ def expected_checkpoint_keys(depths: list[int]) -> set[str]:
 
 def test_state_dict_keys_are_the_checkpoint_keys():
     tiny = build(model_cfg()).state_dict()
-    assert set(tiny) == expected_checkpoint_keys([1, 1, 2, 1])
+    assert set(tiny) == expected_checkpoint_keys(model_cfg()["backbone"]["depths"])
 
 
 def test_swin_small_from_the_reference_config_has_the_published_shapes():
@@ -212,7 +212,7 @@ def test_config_spellings_and_ignored_training_keys():
     cfg = model_cfg()
     cfg["backbone"]["embed_dims"] = cfg["backbone"].pop("embed_dim")
     cfg["backbone"].update(pretrained=None, pretrained2d=False, frozen_stages=-1, use_checkpoint=False)
-    assert set(build(cfg).state_dict()) == expected_checkpoint_keys([1, 1, 2, 1])
+    assert set(build(cfg).state_dict()) == expected_checkpoint_keys(model_cfg()["backbone"]["depths"])
 
 
 def test_unknown_backbone_key_is_refused_by_name():
