@@ -1,0 +1,60 @@
+"""Pure-inference loops on the live inference actors (the ``ais_bench --loop`` measurement).
+
+Every actor runs its loops at the same time, on a synthetic input of its session's
+shape and dtype, without reloading anything. Throughput in videos/s counts the views
+one call covers (batch x views per call) against the views a video needs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def run_bench(actors: list, loops: int, use_ray: bool) -> dict:
+    """Run ``loops`` calls on every actor at once and summarize (see :func:`bench_stats`)."""
+    if use_ray:
+        import ray
+        reports = ray.get([a.bench.remote(loops) for a in actors])
+    else:
+        reports = [a.bench(loops) for a in actors]
+    return bench_stats(reports, loops)
+
+
+def bench_stats(reports: list[dict], loops: int) -> dict:
+    """Per-device mean/p50/p99 latency (ms) and throughput, plus the aggregate."""
+    devices = []
+    for r in reports:
+        lat = np.asarray(r["latencies_ms"], np.float64)
+        mean = float(lat.mean()) if lat.size else float("nan")
+        views_per_s = r["views_per_call"] / (mean / 1000.0) if lat.size and mean > 0 else 0.0
+        devices.append({
+            "device": r["device"], "node": r["node"], "loops": int(lat.size),
+            "mean_ms": mean, "p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
+            "p99_ms": float(np.percentile(lat, 99)) if lat.size else None,
+            "views_per_call": r["views_per_call"],
+            "throughput_videos_per_s": views_per_s / r["views_per_video"],
+        })
+    return {"loops": loops, "devices": devices,
+            "aggregate_videos_per_s": float(sum(d["throughput_videos_per_s"] for d in devices))}
+
+
+def add_efficiency(bench: dict, end_to_end_videos_per_s: float | None) -> dict:
+    """Pipeline efficiency = end-to-end throughput / the devices' summed pure throughput."""
+    aggregate = bench.get("aggregate_videos_per_s") or 0.0
+    bench["end_to_end_videos_per_s"] = end_to_end_videos_per_s
+    bench["pipeline_efficiency"] = (end_to_end_videos_per_s / aggregate
+                                    if end_to_end_videos_per_s and aggregate else None)
+    return bench
+
+
+def format_bench(bench: dict) -> str:
+    """The bench table for the terminal."""
+    lines = [f"{'device':<12} {'node':<24} {'mean ms':>9} {'p50 ms':>9} {'p99 ms':>9} {'videos/s':>9}"]
+    for d in bench["devices"]:
+        lines.append(f"{d['device']:<12} {str(d['node'])[:24]:<24} {d['mean_ms']:9.2f}"
+                     f" {d['p50_ms']:9.2f} {d['p99_ms']:9.2f} {d['throughput_videos_per_s']:9.3f}")
+    lines.append(f"{'all devices':<37} {'':>9} {'':>9} {'':>9} {bench['aggregate_videos_per_s']:9.3f}")
+    if bench.get("end_to_end_videos_per_s"):
+        lines.append(f"end-to-end {bench['end_to_end_videos_per_s']:.3f} videos/s;"
+                     f" pipeline efficiency {bench['pipeline_efficiency']:.2f}")
+    return "\n".join(lines)

@@ -1,0 +1,212 @@
+"""Results on disk: predictions.parquet (a dataset of part files), run.json, summary.json.
+
+predictions.parquet is a directory of part files, each written under a hidden temporary
+name and renamed when complete: ``pyarrow.parquet.read_table(<work>/predictions.parquet)``
+reads every completed batch at any moment, also after a crash (pyarrow skips names
+starting with '.'). A crash between writing a part and the driver's bookkeeping can
+leave a video in two parts; readers here keep its first row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from harness.errors import ConfigError
+from harness.scores import mean_class_accuracy, top_k_accuracy
+
+log = logging.getLogger(__name__)
+
+PREDICTIONS = "predictions.parquet"
+RUN_FILE = "run.json"
+SUMMARY_FILE = "summary.json"
+
+SCHEMA = pa.schema([
+    ("index", pa.int64()), ("path", pa.string()), ("label", pa.int32()),
+    ("status", pa.string()), ("error", pa.string()), ("message", pa.string()),
+    ("scores", pa.list_(pa.float32())), ("top5", pa.list_(pa.int32())),
+    ("device", pa.string()), ("node", pa.string()),
+])
+
+
+# ------------------------------------------------------------------ identity and resume
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """What makes two runs the same job: a rerun with an equal identity resumes."""
+
+    artifact_hash: str
+    list_sha256: str
+    list_length: int
+    data_prefix: str
+    backend: str
+    config: str
+
+    @staticmethod
+    def for_list(ann_file: str | Path, entries_count: int, *, artifact_hash: str, data_prefix: str,
+                 backend: str, config: str) -> "RunIdentity":
+        digest = hashlib.sha256(Path(ann_file).read_bytes()).hexdigest()
+        return RunIdentity(artifact_hash, digest, entries_count, str(data_prefix), backend, config)
+
+
+def prepare_work_dir(work_dir: str | Path, identity: RunIdentity, overwrite: bool = False) -> bool:
+    """Create or check ``work_dir`` for this job; True when it resumes earlier results.
+
+    A work dir holding another job (different artifact, list, data or backend) is
+    refused unless ``overwrite``, which deletes its results first.
+    """
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    run_file = work / RUN_FILE
+    mine = asdict(identity)
+    if run_file.exists():
+        theirs = json.loads(run_file.read_text())
+        if theirs == mine:
+            return (work / PREDICTIONS).exists()
+        if not overwrite:
+            changed = sorted(k for k in mine if theirs.get(k) != mine[k])
+            raise ConfigError(
+                f"{work} holds results of another run (differs in: {', '.join(changed)});"
+                " use another --work-dir, or --overwrite to delete those results")
+    elif (work / PREDICTIONS).exists() and not overwrite:
+        raise ConfigError(f"{work} holds predictions without {RUN_FILE}; use another --work-dir"
+                          " or --overwrite")
+    for name in (PREDICTIONS, SUMMARY_FILE):
+        target = work / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    _atomic_write_text(run_file, json.dumps(mine, indent=2) + "\n")
+    return False
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------ writing
+
+class ResultWriter:
+    """Appends result rows in batches of part files (at most ``batch_size`` rows or
+    ``flush_s`` seconds unwritten)."""
+
+    def __init__(self, work_dir: str | Path, batch_size: int = 32, flush_s: float = 5.0) -> None:
+        self.directory = Path(work_dir) / PREDICTIONS
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.batch_size, self.flush_s = batch_size, flush_s
+        self._rows: list[dict] = []
+        self._last = time.monotonic()
+        existing = sorted(self.directory.glob("part-*.parquet"))
+        self._next = 1 + max((int(p.stem.split("-")[1]) for p in existing), default=-1)
+
+    def add(self, result) -> None:
+        """Queue one ``pipeline.VideoResult``; writes a part when the batch is full or old."""
+        scores = None if result.scores is None else np.asarray(result.scores, np.float32).tolist()
+        self._rows.append({
+            "index": int(result.index), "path": str(result.path), "label": int(result.label),
+            "status": result.status, "error": result.error, "message": result.message,
+            "scores": scores, "top5": result.top5, "device": result.device, "node": result.node,
+        })
+        if len(self._rows) >= self.batch_size or time.monotonic() - self._last >= self.flush_s:
+            self.flush()
+
+    def flush(self) -> None:
+        self._last = time.monotonic()
+        if not self._rows:
+            return
+        table = pa.Table.from_pylist(self._rows, schema=SCHEMA)
+        final = self.directory / f"part-{self._next:05d}.parquet"
+        tmp = self.directory / f".{final.name}.tmp"
+        pq.write_table(table, tmp)
+        os.replace(tmp, final)  # atomic: readers see whole parts only
+        self._next += 1
+        self._rows = []
+
+    def close(self) -> None:
+        self.flush()
+
+
+# ------------------------------------------------------------------ reading
+
+def read_predictions(work_dir: str | Path) -> pa.Table:
+    """All recorded rows, one per index (the first recorded), sorted by index."""
+    directory = Path(work_dir) / PREDICTIONS
+    parts = sorted(directory.glob("part-*.parquet")) if directory.is_dir() else []
+    if not parts:
+        return SCHEMA.empty_table()
+    table = pa.concat_tables([pq.read_table(p, schema=SCHEMA) for p in parts])
+    indices = table.column("index").to_numpy()
+    _, first = np.unique(indices, return_index=True)  # sorted by index, first occurrence
+    return table.take(pa.array(first))
+
+
+def done_indices(work_dir: str | Path) -> set[int]:
+    """Indices already recorded (ok or failed) in ``work_dir``."""
+    return set(read_predictions(work_dir).column("index").to_pylist())
+
+
+# ------------------------------------------------------------------ summary
+
+def summarize(table: pa.Table, *, wall_s: float, processed: int, backend: str,
+              artifact: dict, bench: dict | None = None, extra: dict | None = None) -> dict:
+    """summary.json's content from the recorded rows (metrics over the ok videos).
+
+    ``processed`` is the number of videos this invocation handled (for throughput);
+    the metrics cover every recorded row, so a resumed run reports the whole job.
+    """
+    rows = table.to_pylist()
+    ok = [r for r in rows if r["status"] == "ok"]
+    failed = [r for r in rows if r["status"] != "ok"]
+    if ok:
+        scores = np.asarray([r["scores"] for r in ok], np.float32)
+        labels = np.asarray([r["label"] for r in ok])
+        top1, top5 = top_k_accuracy(scores, labels, 1), top_k_accuracy(scores, labels, 5)
+        mca = mean_class_accuracy(scores, labels)
+    else:
+        top1 = top5 = mca = None
+    per_device = Counter((r["device"], r["node"]) for r in ok)
+    devices = [{"kind": dev.split(":")[0], "id": dev.split(":", 1)[-1], "node": node, "videos": n}
+               for (dev, node), n in sorted(per_device.items())]
+    summary = {
+        "top1": top1, "top5": top5, "mean_class_accuracy": mca,
+        "videos_total": len(rows), "videos_ok": len(ok), "videos_failed": len(failed),
+        "failures": dict(sorted(Counter(r["error"] for r in failed).items())),
+        "failed": [{"index": r["index"], "path": r["path"], "reason": r["error"],
+                    "message": r["message"]} for r in failed],
+        "wall_s": round(wall_s, 3),
+        "throughput_videos_per_s": (processed / wall_s) if wall_s > 0 and processed else 0.0,
+        "videos_this_run": processed,
+        "devices": devices, "backend": backend, "artifact": artifact,
+        "bench": bench,
+    }
+    if extra:
+        summary.update(extra)
+    return summary
+
+
+def write_summary(work_dir: str | Path, summary: dict) -> Path:
+    path = Path(work_dir) / SUMMARY_FILE
+    _atomic_write_text(path, json.dumps(summary, indent=2, default=_json_default) + "\n")
+    return path
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)

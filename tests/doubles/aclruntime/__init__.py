@@ -1,0 +1,151 @@
+"""TEST DOUBLE for ais_bench's ``aclruntime`` (the Python binding of Ascend's ACL runtime).
+
+There is no NPU here: this module implements the documented surface the harness uses
+(/work/shared/reference/ascend.md) and runs the model with onnxruntime on the CPU. It
+loads the stand-in .om the ATC double (tests/doubles/atc) writes: ``FAKE-OM v1\\n``,
+a JSON header line with ``onnx_bytes``, then the ONNX model's bytes.
+
+Tests put ``tests/doubles`` on the workers' PYTHONPATH. Each session records the
+device id it was opened with and ``ASCEND_RT_VISIBLE_DEVICES`` of its process
+(``InferenceSession.opened`` and, when ``FAKE_ACL_RECORD_DIR`` is set, one JSON file per
+session there), so tests can check each actor used its own chip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from types import SimpleNamespace
+
+import numpy as np
+
+FAKE = True
+MAGIC = b"FAKE-OM v1\n"
+_NUMPY_TO_DTYPE = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16",
+                   np.dtype(np.uint8): "uint8", np.dtype(np.int32): "int32",
+                   np.dtype(np.int64): "int64"}
+
+
+class dtype:  # noqa: N801 - mirrors aclruntime.dtype
+    """Stand-in for the binding's dtype enum: ``str()`` is ``dtype.float32``, ``.name`` float32."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"dtype.{self.name}"
+
+    __str__ = __repr__
+
+
+def session_options():
+    return SimpleNamespace(log_level=1, loop=1, acl_json_path="")
+
+
+class TensorDesc:
+    def __init__(self, name: str, shape: list[int], datatype: dtype, size: int) -> None:
+        self.name, self.shape, self.datatype, self.size = name, shape, datatype, size
+
+
+class Tensor:
+    """Host or device tensor; ``numpy.array(t)`` works after ``to_host()``."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self._array = np.ascontiguousarray(array)
+        self.device_id: int | None = None
+
+    def to_device(self, device_id: int) -> None:
+        self.device_id = int(device_id)
+
+    def to_host(self) -> None:
+        self.device_id = None
+
+    def __array__(self, dtype=None, copy=None):
+        if self.device_id is not None:
+            raise RuntimeError("tensor is on the device: call to_host() first (fake aclruntime)")
+        return self._array if dtype is None else self._array.astype(dtype)
+
+    @property
+    def shape(self):
+        return list(self._array.shape)
+
+
+def _read_fake_om(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        if fh.readline() != MAGIC:
+            raise RuntimeError(f"{path} is not a FAKE-OM v1 file (written by tests/doubles/atc)")
+        header = json.loads(fh.readline())
+        data = fh.read()
+    if len(data) != header["onnx_bytes"]:
+        raise RuntimeError(f"{path}: truncated fake .om")
+    return data
+
+
+class InferenceSession:
+    opened: list[dict] = []   # every session opened in this process
+
+    def __init__(self, model_path: str, device_id: int, options) -> None:
+        import onnxruntime as ort
+
+        visible = os.environ.get("ASCEND_RT_VISIBLE_DEVICES")
+        ids = [v for v in (visible or "").split(",") if v]
+        if ids and not 0 <= int(device_id) < len(ids):
+            raise RuntimeError(f"device {device_id} is not visible (ASCEND_RT_VISIBLE_DEVICES={visible})")
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        so.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(_read_fake_om(model_path), sess_options=so,
+                                             providers=["CPUExecutionProvider"])
+        self.device_id = int(device_id)
+        self._times: list[tuple[float, float]] = []
+        record = {"model_path": str(model_path), "device_id": self.device_id,
+                  "ASCEND_RT_VISIBLE_DEVICES": visible, "pid": os.getpid()}
+        InferenceSession.opened.append(record)
+        out_dir = os.environ.get("FAKE_ACL_RECORD_DIR")
+        if out_dir:
+            os.makedirs(out_dir, exist_ok=True)
+            with open(os.path.join(out_dir, f"session-{uuid.uuid4().hex}.json"), "w") as fh:
+                json.dump(record, fh)
+
+    @staticmethod
+    def _desc(arg) -> TensorDesc:
+        np_type = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8,
+                   "tensor(float16)": np.float16, "tensor(int64)": np.int64,
+                   "tensor(int32)": np.int32}[arg.type]
+        shape = [d if isinstance(d, int) else -1 for d in arg.shape]
+        size = int(np.prod([max(d, 1) for d in shape])) * np.dtype(np_type).itemsize
+        return TensorDesc(arg.name, shape, dtype(_NUMPY_TO_DTYPE[np.dtype(np_type)]), size)
+
+    def get_inputs(self) -> list[TensorDesc]:
+        return [self._desc(a) for a in self._session.get_inputs()]
+
+    def get_outputs(self) -> list[TensorDesc]:
+        return [self._desc(a) for a in self._session.get_outputs()]
+
+    def run(self, output_names: list[str], inputs: list[Tensor]) -> list[Tensor]:
+        feeds = {}
+        for desc, tensor in zip(self._session.get_inputs(), inputs):
+            if tensor.device_id != self.device_id:
+                raise RuntimeError(f"input tensor is on device {tensor.device_id}, the session on"
+                                   f" {self.device_id}: call Tensor.to_device(device_id) first")
+            feeds[desc.name] = tensor._array
+        start = time.perf_counter() * 1000.0
+        outputs = self._session.run(list(output_names), feeds)
+        self._times.append((start, time.perf_counter() * 1000.0))
+        result = []
+        for array in outputs:
+            t = Tensor(array)
+            t.to_device(self.device_id)
+            result.append(t)
+        return result
+
+    def summary(self):
+        return SimpleNamespace(exec_time_list=list(self._times))
+
+    def set_dynamic_batchsize(self, n: int) -> None:
+        raise RuntimeError("the fake aclruntime supports static models only")
+
+    def free_resource(self) -> None:
+        self._session = None

@@ -1,0 +1,92 @@
+"""predictions.parquet, run identity (resume / refuse), and summary.json."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from harness import results
+from harness.errors import ConfigError
+from harness.pipeline import VideoResult
+from harness.scores import mean_class_accuracy, top_k_accuracy
+
+
+def _identity(**changes) -> results.RunIdentity:
+    base = dict(artifact_hash="a" * 64, list_sha256="b" * 64, list_length=10, data_prefix="/data",
+                backend="onnxruntime", config="cfg.py")
+    base.update(changes)
+    return results.RunIdentity(**base)
+
+
+def _ok(i: int, label: int, scores) -> VideoResult:
+    return VideoResult(i, f"v{i}.mp4", label, "ok", scores=np.asarray(scores, np.float32),
+                       device="npu:1", node="host")
+
+
+def test_every_completed_batch_is_readable_while_writing(tmp_path):
+    writer = results.ResultWriter(tmp_path, batch_size=2, flush_s=1e9)
+    for i in range(5):
+        writer.add(_ok(i, 0, [0.1, 0.9]))
+    # two full batches written, one row pending: a crash now loses at most that row
+    table = pq.read_table(tmp_path / results.PREDICTIONS)
+    assert sorted(table.column("index").to_pylist()) == [0, 1, 2, 3]
+    assert not list((tmp_path / results.PREDICTIONS).glob(".*"))   # no temp files left
+    writer.close()
+    assert results.done_indices(tmp_path) == {0, 1, 2, 3, 4}
+    row = results.read_predictions(tmp_path).to_pylist()[0]
+    assert row["top5"] == [1, 0] and row["status"] == "ok" and row["error"] is None
+
+
+def test_duplicate_rows_across_parts_count_once(tmp_path):
+    for _ in range(2):  # e.g. a crash between writing a part and the bookkeeping
+        writer = results.ResultWriter(tmp_path, batch_size=10)
+        writer.add(_ok(7, 1, [0.2, 0.8]))
+        writer.add(VideoResult(8, "bad.mp4", 0, "failed", "empty", "bad.mp4: empty"))
+        writer.close()
+    assert len(list((tmp_path / results.PREDICTIONS).glob("part-*.parquet"))) == 2
+    table = results.read_predictions(tmp_path)
+    assert table.column("index").to_pylist() == [7, 8]
+    summary = results.summarize(table, wall_s=1.0, processed=2, backend="om", artifact={})
+    assert summary["videos_total"] == 2 and summary["videos_failed"] == 1
+
+
+def test_same_identity_resumes_and_another_is_refused(tmp_path):
+    assert results.prepare_work_dir(tmp_path, _identity()) is False
+    writer = results.ResultWriter(tmp_path)
+    writer.add(_ok(0, 0, [1.0, 0.0]))
+    writer.close()
+    assert results.prepare_work_dir(tmp_path, _identity()) is True
+    with pytest.raises(ConfigError, match="artifact_hash.*--overwrite"):
+        results.prepare_work_dir(tmp_path, _identity(artifact_hash="c" * 64))
+    assert results.done_indices(tmp_path) == {0}          # refused: nothing deleted
+    assert results.prepare_work_dir(tmp_path, _identity(list_length=11), overwrite=True) is False
+    assert results.done_indices(tmp_path) == set()
+    assert json.loads((tmp_path / results.RUN_FILE).read_text())["list_length"] == 11
+
+
+def test_summary_metrics_over_ok_videos_and_failures_by_reason(tmp_path):
+    rng = np.random.default_rng(1)
+    scores = rng.random((12, 6)).astype(np.float32)
+    labels = rng.integers(0, 6, 12)
+    writer = results.ResultWriter(tmp_path, batch_size=5)
+    for i in range(12):
+        writer.add(_ok(i, int(labels[i]), scores[i]))
+    writer.add(VideoResult(12, "a.mp4", 0, "failed", "empty", "a.mp4: empty"))
+    writer.add(VideoResult(13, "b.mp4", 0, "failed", "empty", "b.mp4: empty"))
+    writer.add(VideoResult(14, "c.mp4", 0, "failed", "worker died", "c.mp4: died"))
+    writer.close()
+    summary = results.summarize(results.read_predictions(tmp_path), wall_s=3.0, processed=15,
+                                backend="om", artifact={"manifest": "m.json", "hash": "h"})
+    assert summary["top1"] == pytest.approx(top_k_accuracy(scores, labels, 1))
+    assert summary["top5"] == pytest.approx(top_k_accuracy(scores, labels, 5))
+    assert summary["mean_class_accuracy"] == pytest.approx(mean_class_accuracy(scores, labels))
+    assert (summary["videos_total"], summary["videos_ok"], summary["videos_failed"]) == (15, 12, 3)
+    assert summary["failures"] == {"empty": 2, "worker died": 1}
+    assert [f["index"] for f in summary["failed"]] == [12, 13, 14]
+    assert summary["throughput_videos_per_s"] == pytest.approx(5.0)
+    assert summary["devices"] == [{"kind": "npu", "id": "1", "node": "host", "videos": 12}]
+    path = results.write_summary(tmp_path, summary)
+    assert json.loads(path.read_text())["artifact"]["hash"] == "h"

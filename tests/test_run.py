@@ -1,0 +1,213 @@
+"""``harness.run`` on one shared local Ray instance that declares two (fake) NPUs.
+
+Compares the distributed runs with the ``--no-ray`` oracle: same scores within 1e-5,
+identical metrics, broken videos counted, each video once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from harness import results
+from harness.run import execute, main, parse_args
+from pipeline_support import (BROKEN, CONFIG, REPO, run_args, scores_by_index, shared_inputs,
+                              use_fake_aclruntime, worker_pythonpath)
+
+METRICS = ("top1", "top5", "mean_class_accuracy", "videos_total", "videos_ok", "videos_failed",
+           "failures")
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    return shared_inputs(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def cluster(inputs, tmp_path_factory):
+    """A local Ray with 2 declared NPUs; workers see the fake aclruntime."""
+    import ray
+
+    records = tmp_path_factory.mktemp("acl-records")
+    ray.init(num_cpus=4, resources={"NPU": 2}, include_dashboard=False,
+             logging_level=logging.WARNING, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": worker_pythonpath(),
+                                       "FAKE_ACL_RECORD_DIR": str(records)}})
+    yield records
+    ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def fake_ascend_tools(inputs, monkeypatch):
+    monkeypatch.setenv("PATH", f"{inputs.atc.parent}{os.pathsep}{os.environ['PATH']}")
+    use_fake_aclruntime()
+
+
+@pytest.fixture(scope="module")
+def oracle(inputs, tmp_path_factory):
+    """--no-ray over the mixed list (one process, no Ray)."""
+    work = tmp_path_factory.mktemp("oracle")
+    summary = execute(parse_args(run_args(inputs, work, "--cpus", "1", "--no-ray")))
+    return summary, results.read_predictions(work)
+
+
+def assert_same_as_oracle(work, summary, oracle):
+    expected_summary, expected = oracle
+    table = results.read_predictions(work)
+    raw = pq.read_table(work / results.PREDICTIONS)
+    assert raw.num_rows == table.num_rows, "a video was recorded twice"
+    got, want = scores_by_index(table), scores_by_index(expected)
+    assert sorted(got) == sorted(want)
+    for index in want:
+        np.testing.assert_allclose(got[index], want[index], atol=1e-5)
+    for key in METRICS:
+        assert summary[key] == expected_summary[key], key
+
+
+def test_oracle_counts_the_broken_videos(oracle):
+    summary, table = oracle
+    assert summary["videos_total"] == 8 + len(BROKEN)
+    assert summary["videos_failed"] == len(BROKEN)
+    assert sum(summary["failures"].values()) == len(BROKEN)
+    assert {f["path"].split("/broken/")[1] for f in summary["failed"]} == {
+        p.split("/")[1] for p in BROKEN}
+
+
+def test_cpus_2_with_onnxruntime_equals_no_ray(inputs, cluster, oracle, tmp_path):
+    summary = execute(parse_args(run_args(inputs, tmp_path, "--cpus", "2")))
+    assert_same_as_oracle(tmp_path, summary, oracle)
+    assert summary["backend"] == "onnxruntime"
+    assert {d["kind"] for d in summary["devices"]} == {"cpu"}
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert written["videos_failed"] == len(BROKEN)
+
+
+def test_npus_2_each_actor_uses_its_own_chip(inputs, cluster, oracle, tmp_path):
+    before = set(cluster.glob("*.json"))
+    summary = execute(parse_args(run_args(inputs, tmp_path, "--npus", "2", "--bench-loops", "3")))
+    assert_same_as_oracle(tmp_path, summary, oracle)
+    assert summary["backend"] == "om"
+    opened = [json.loads(p.read_text()) for p in set(cluster.glob("*.json")) - before]
+    assert sorted(o["ASCEND_RT_VISIBLE_DEVICES"] for o in opened) == ["0", "1"]
+    assert all(o["device_id"] == 0 for o in opened)           # the visible ordinal
+    assert len({o["pid"] for o in opened}) == 2
+    assert sorted(d["id"] for d in summary["devices"]) == ["0", "1"]   # physical ids reported
+    assert sum(d["videos"] for d in summary["devices"]) == summary["videos_ok"]
+    bench = summary["bench"]
+    assert sorted(d["device"] for d in bench["devices"]) == ["npu:0", "npu:1"]
+    assert all(d["loops"] == 3 and d["throughput_videos_per_s"] > 0 for d in bench["devices"])
+    assert bench["pipeline_efficiency"] > 0
+
+
+def test_npus_2_without_ray_gives_the_same_scores(inputs, oracle, tmp_path):
+    summary = execute(parse_args(run_args(inputs, tmp_path, "--npus", "2", "--no-ray")))
+    assert_same_as_oracle(tmp_path, summary, oracle)
+
+
+def test_inference_actor_killed_mid_run(inputs, cluster, oracle, tmp_path):
+    import ray
+
+    seen = []
+
+    def kill_one(result):
+        seen.append(result.index)
+        if len(seen) in (3, 6):   # an inference actor, then a decode worker; Ray restarts both
+            prefix = "infer-cpu0" if len(seen) == 3 else "decode0"
+            name = next(n for n in ray.util.list_named_actors() if n.startswith(prefix))
+            ray.kill(ray.get_actor(name), no_restart=False)
+
+    summary = execute(parse_args(run_args(inputs, tmp_path, "--cpus", "2")), on_result=kill_one)
+    assert_same_as_oracle(tmp_path, summary, oracle)
+    assert sorted(seen) == sorted(set(seen))                    # reported once each
+    assert summary["actor_deaths"] >= 1 and summary["retries"] >= 1
+
+
+def test_asking_for_npus_the_cluster_lacks(inputs, cluster, tmp_path, capsys):
+    code = main(run_args(inputs, tmp_path, "--npus", "3"))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "asked for 3 NPU" in err and "has 2" in err and "ray start" in err and "--resources" in err
+    assert not (tmp_path / results.PREDICTIONS).exists() or not results.done_indices(tmp_path)
+
+
+def test_resume_after_the_driver_is_killed(inputs, cluster, tmp_path):
+    import ray
+
+    work = tmp_path / "work"
+    argv = run_args(inputs, work, "--cpus", "1", "--decoders", "1", "--flush-every", "4",
+                    ann=inputs.long_list)
+    env = dict(os.environ, PYTHONPATH=worker_pythonpath(), RAY_ADDRESS="")
+    cmd = [sys.executable, "-m", "harness.run", *argv, "--address",
+           ray.get_runtime_context().gcs_address]
+    driver = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+    parts = work / results.PREDICTIONS
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and driver.poll() is None:
+        if parts.is_dir() and len(list(parts.glob("part-*.parquet"))) >= 2:
+            break
+        time.sleep(0.05)
+    assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    driver.stderr.close()
+    done_before = results.done_indices(work)
+    total = len(inputs.long_list.read_text().splitlines())
+    assert 0 < len(done_before) < total                          # readable after the crash
+
+    summary = execute(parse_args(argv))                          # the same command again
+    assert summary["videos_this_run"] == total - len(done_before)
+    uninterrupted = execute(parse_args(run_args(inputs, tmp_path / "whole", "--cpus", "1",
+                                                "--no-ray", ann=inputs.long_list)))
+    for key in METRICS:
+        assert summary[key] == uninterrupted[key], key
+    table = pq.read_table(work / results.PREDICTIONS)
+    assert sorted(table.column("index").to_pylist()) == list(range(total))   # each video once
+
+
+def test_decode_workers_never_import_torch(inputs, cluster):
+    import ray
+
+    from harness.config import load_config
+    from harness.data import ViewDecoder
+    from harness.pipeline import DevicePlan, start_actors
+    from harness.run import _spec_from_manifest
+
+    spec, _ = _spec_from_manifest(inputs.artifact.manifest, inputs.artifact.directory / "manifest.json",
+                                  str(inputs.artifact.onnx_path),
+                                  dict(backend="onnxruntime", average_clips="prob", mean=(0, 0, 0),
+                                       std=(1, 1, 1), to_bgr=False, num_classes=8, config_path=None))
+    decoder = ViewDecoder.from_config(load_config(CONFIG))
+    actors, decoders, _ = start_actors(spec, DevicePlan("cpu", 1), decoder, 1)
+    try:
+        path = str(inputs.videos / inputs.good_list.read_text().split()[0])
+        status_ref, views_ref = decoders[0].decode.options(num_returns=2).remote(0, path)
+        assert ray.get(status_ref)["ok"]
+        assert ray.get(decoders[0].__ray_call__.remote(lambda self: "torch" in sys.modules)) is False
+    finally:
+        for handle in actors + decoders:
+            ray.kill(handle)
+
+
+def test_strict_turns_failures_into_exit_1(inputs, tmp_path, capsys):
+    assert main(run_args(inputs, tmp_path, "--cpus", "1", "--no-ray", "--strict")) == 1
+    assert "failed (--strict)" in capsys.readouterr().err
+    assert main(run_args(inputs, tmp_path / "good", "--cpus", "1", "--no-ray", "--strict",
+                         ann=inputs.good_list)) == 0
+
+
+def test_limit_then_the_whole_list_resumes(inputs, oracle, tmp_path):
+    first = execute(parse_args(run_args(inputs, tmp_path, "--cpus", "1", "--no-ray", "--limit", "4")))
+    assert first["videos_total"] == 4
+    summary = execute(parse_args(run_args(inputs, tmp_path, "--cpus", "1", "--no-ray")))
+    assert summary["videos_this_run"] == oracle[0]["videos_total"] - 4
+    assert_same_as_oracle(tmp_path, summary, oracle)
