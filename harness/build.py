@@ -1,0 +1,633 @@
+"""Config + checkpoint -> verified ONNX (-> Ascend .om), made once and cached by content hash.
+
+    python -m harness.build --config configs/swin_small_k400.py --checkpoint swin_small.pth
+
+Steps (docs/build.md has the full story):
+
+1. Work out everything that determines the artifact (model section, input shape, dtype and
+   normalization, build options, checkpoint bytes or "random-init", tool versions, whether an
+   .om is made) and hash it.  ``build/<name>-<hash[:12]>/`` with a complete ``manifest.json`` is
+   reused at once: no model is built, nothing is exported.
+2. Otherwise, under a per-artifact lock: build the model, wrap it with the input stage
+   (uint8 -> normalized float in the graph, or normalized float32 in), export with the dynamo
+   exporter at a fixed shape, simplify with onnxsim, check the graph (max tensor rank of
+   Transpose/Reshape <= 8 for CANN), verify onnxruntime against PyTorch on the same random input,
+   run ATC when available, and write ``manifest.json`` last.  All of it happens in a temp dir
+   that is renamed into place, so an interrupted build never leaves a directory that looks complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import gc
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+from harness import config as hcfg
+from harness.errors import BuildError, CheckpointError, ConfigError, HarnessError
+
+log = logging.getLogger("harness.build")   # not __name__: "__main__" under -m
+
+MANIFEST = "manifest.json"
+ONNX_FILE = "model.onnx"
+OM_FILE = "model.om"
+ATC_LOG = "atc.log"
+INPUT_NAME = "video"
+OUTPUT_NAME = "logits"
+TOLERANCE = 1e-3
+MAX_RANK = 8                      # CANN Transpose supports at most 8 dimensions (ascend.md)
+_RANK_CHECKED_OPS = ("Transpose", "Reshape")
+_HASH_FORMAT = 1                  # bump when the build procedure changes what it produces
+_TOOLS = ("torch", "onnx", "onnxscript", "onnxsim", "onnxruntime")
+
+
+@dataclass
+class Artifact:
+    """A built (or reused) artifact directory and its manifest."""
+
+    directory: Path
+    manifest: dict
+    onnx_path: Path
+    om_path: Path | None
+    reused: bool
+
+
+# ---------------------------------------------------------------- manifest
+
+def load_manifest(directory_or_manifest_path: str | Path) -> dict:
+    """Read ``manifest.json`` from an artifact directory (or the file itself)."""
+    path = Path(directory_or_manifest_path)
+    if path.is_dir():
+        path = path / MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BuildError(f"no build manifest at {path}: build the model with"
+                         " `python -m harness.build --config CFG`") from None
+    except (OSError, ValueError) as exc:
+        raise BuildError(f"build manifest {path} is unreadable ({exc}); delete its directory"
+                         " and build again") from exc
+
+
+def _complete(directory: Path, digest: str) -> dict | None:
+    """The manifest if ``directory`` holds a finished build of ``digest``, else None."""
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if manifest.get("hash") != digest or not (directory / str(manifest.get("onnx"))).is_file():
+        return None
+    if manifest.get("om") and not (directory / manifest["om"]).is_file():
+        return None
+    return manifest
+
+
+# ---------------------------------------------------------------- what determines the artifact
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything the build needs, derived from the config without touching torch."""
+
+    name: str
+    digest: str
+    key: dict                     # the canonical content that was hashed
+    model_cfg: dict
+    options: hcfg.BuildOptions
+    norm: hcfg.Normalization
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, int]
+    views_per_video: int
+    num_classes: int
+    average_clips: str | None
+    checkpoint: Path | None
+    checkpoint_sha256: str | None
+    atc: str | None
+    atc_version: str | None
+    config_path: str
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _tool_versions() -> dict[str, str]:
+    # importlib.metadata, not imports: the reuse path must not pay for importing torch.
+    versions = {}
+    for tool in _TOOLS:
+        try:
+            versions[tool] = metadata.version(tool)
+        except metadata.PackageNotFoundError:
+            versions[tool] = "missing"
+    return versions
+
+
+def _resolve_atc(atc: str | None) -> str | None:
+    if atc is None:
+        return shutil.which("atc")
+    found = shutil.which(atc) if os.sep not in atc else (atc if os.access(atc, os.X_OK) else None)
+    if found is None:
+        raise BuildError(f"ATC executable not found or not executable: {atc} (on an Ascend host,"
+                         " `source /usr/local/Ascend/ascend-toolkit/set_env.sh` puts atc on PATH)")
+    return str(Path(found).resolve())
+
+
+def _atc_version(atc: str) -> str:
+    """Identify the ATC that compiles: the CANN version.info above it, else the file's sha256.
+
+    Running ``atc --version`` is not used because its output differs between CANN releases.
+    """
+    real = Path(atc).resolve()
+    for parent in list(real.parents)[:4]:
+        for info in ("version.info", "ascend_toolkit_install.info"):
+            candidate = parent / info
+            if candidate.is_file():
+                text = " ".join(line.strip() for line in candidate.read_text(errors="replace").splitlines()
+                                if line.strip())
+                return f"{candidate.parent.name}: {text[:500]}"
+    return "sha256:" + _sha256_file(real)
+
+
+def model_name(model_cfg: dict) -> str:
+    """A readable artifact name from the architecture, e.g. ``swin-e96-d2-2-18-2-c400``."""
+    backbone = model_cfg.get("backbone", {})
+    depths = "-".join(str(d) for d in backbone.get("depths", []))
+    classes = model_cfg.get("cls_head", {}).get("num_classes")
+    return f"swin-e{backbone.get('embed_dim', 'x')}-d{depths}-c{classes}"
+
+
+def _plan(cfg, checkpoint, atc, overrides) -> _Plan:
+    options = hcfg.harness_options(cfg, **overrides).build
+    geometry = hcfg.clip_geometry(cfg)
+    norm = hcfg.normalization(cfg)
+    model_cfg = hcfg.model_section(cfg)
+    views = geometry.views
+    if not isinstance(options.opset, int) or options.opset < 11:
+        raise ConfigError(f"config key 'harness.build.opset' is {options.opset!r}; the build supports"
+                          " opsets 11 and above (17 is the default)")
+    per_call = options.views_per_call if options.views_per_call is not None else views
+    if not isinstance(per_call, int) or per_call < 1 or views % per_call:
+        divisors = ", ".join(str(d) for d in range(1, views + 1) if views % d == 0)
+        raise ConfigError(f"config key 'harness.build.views_per_call' is {per_call!r}; it must divide"
+                          f" the {views} views per video (one of {divisors})")
+    if not isinstance(options.batch, int) or options.batch < 1:
+        raise ConfigError(f"config key 'harness.build.batch' is {options.batch!r}; use a positive integer")
+    num_classes = int(model_cfg["cls_head"]["num_classes"])
+    input_shape = (options.batch, per_call, *geometry.view_shape())
+    output_shape = (options.batch * per_call, num_classes)
+
+    ckpt_hash = None
+    ckpt_path = None
+    if checkpoint is not None:
+        ckpt_path = Path(checkpoint)
+        if not ckpt_path.is_file():
+            raise CheckpointError(f"checkpoint file not found: {ckpt_path} (give the .pth path with"
+                                  " --checkpoint, or leave it out for random weights)")
+        ckpt_hash = _sha256_file(ckpt_path)
+
+    atc_path = _resolve_atc(atc)
+    atc_version = _atc_version(atc_path) if atc_path else None
+    build_opts = dataclasses.asdict(options)
+    build_opts["views_per_call"] = per_call
+    build_opts["atc_extra_args"] = list(options.atc_extra_args)
+    opm = options.op_precision_mode
+    if opm:                               # the .ini's content changes the .om, its path does not
+        if not Path(opm).is_file():
+            raise ConfigError(f"config key 'harness.build.op_precision_mode' names {opm}, which is not"
+                              " a file (give the path of an ATC op precision .ini)")
+        build_opts["op_precision_mode"] = {"file": Path(opm).name, "sha256": _sha256_file(Path(opm))}
+    key = {
+        "format": _HASH_FORMAT,
+        "model": model_cfg,
+        # Normalization and views per video are in the key even when not in the graph: the
+        # manifest tells the pipeline how to normalize on the host and how to group views.
+        "input": {"shape": list(input_shape), "dtype": options.input_dtype,
+                  "normalization": dataclasses.asdict(norm), "views_per_video": views},
+        "build": build_opts,
+        "checkpoint": ckpt_hash or "random-init",
+        "tools": _tool_versions(),
+        # An ONNX-only build and an ONNX+.om build are different artifacts: once ATC is
+        # available, the next build makes the .om instead of reusing the ONNX-only directory.
+        "om": atc_version,
+    }
+    canonical = json.dumps(key, sort_keys=True, separators=(",", ":"), default=str)
+    digest = hashlib.sha256(canonical.encode()).hexdigest()
+    return _Plan(
+        name=model_name(model_cfg), digest=digest, key=key, model_cfg=model_cfg, options=options,
+        norm=norm, input_shape=input_shape, output_shape=output_shape, views_per_video=views,
+        num_classes=num_classes, average_clips=hcfg.average_clips(cfg), checkpoint=ckpt_path,
+        checkpoint_sha256=ckpt_hash, atc=atc_path, atc_version=atc_version,
+        config_path=str(cfg.get("_harness_config_path", "")),
+    )
+
+
+# ---------------------------------------------------------------- locking and atomic placement
+
+@contextlib.contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    import fcntl
+
+    with open(lock_path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _remove_stale(build_dir: Path, short: str) -> None:
+    """Temp dirs of this artifact: their builders are gone, since we hold the lock."""
+    for stale in build_dir.glob(f".tmp-{short}-*"):
+        log.info("removing the leftover of an interrupted build: %s", stale)
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- public entry
+
+def build_artifact(cfg, checkpoint: str | Path | None = None, *, build_dir: str | Path = "build",
+                   atc: str | None = None, require_om: bool = False,
+                   unsafe_load_checkpoint: bool = False, **build_overrides: Any) -> Artifact:
+    """Build (or reuse) the verified ONNX / .om for ``cfg`` (a Config or a config path).
+
+    ``build_overrides`` are :class:`harness.config.BuildOptions` fields (``input_dtype``,
+    ``batch``, ``views_per_call``, ``opset``, ``soc_version``, ...); None values are ignored.
+    Raises BuildError (export, verification, ATC), CheckpointError, ConfigError.
+    """
+    if isinstance(cfg, (str, Path)):
+        cfg = hcfg.load_config(cfg)
+    plan = _plan(cfg, checkpoint, atc, {k: v for k, v in build_overrides.items() if v is not None})
+    if plan.atc is None and require_om:
+        raise BuildError("an .om was required (--require-om) but ATC was not found: on an Ascend"
+                         " host run `source /usr/local/Ascend/ascend-toolkit/set_env.sh` or pass --atc PATH")
+    build_dir = Path(build_dir)
+    short = plan.digest[:12]
+    directory = build_dir / f"{plan.name}-{short}"
+
+    manifest = _complete(directory, plan.digest)
+    if manifest is None:
+        build_dir.mkdir(parents=True, exist_ok=True)
+        with _locked(build_dir / f"{plan.name}-{short}.lock"):
+            manifest = _complete(directory, plan.digest)   # another process may have just built it
+            if manifest is None:
+                _remove_stale(build_dir, short)
+                if directory.exists():                     # incomplete or foreign: never trusted
+                    shutil.rmtree(directory)
+                tmp = build_dir / f".tmp-{short}-{os.getpid()}"
+                tmp.mkdir()
+                try:
+                    manifest = _build_into(tmp, plan, unsafe_load_checkpoint)
+                except BuildError:
+                    failed = build_dir / f".failed-{plan.name}-{short}"
+                    shutil.rmtree(failed, ignore_errors=True)
+                    os.rename(tmp, failed)                 # keep the log and ONNX for diagnosis
+                    raise
+                except BaseException:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    raise
+                os.rename(tmp, directory)
+                shutil.rmtree(build_dir / f".failed-{plan.name}-{short}", ignore_errors=True)
+                return _artifact(directory, manifest, reused=False)
+    log.info("reusing %s", directory)
+    return _artifact(directory, manifest, reused=True)
+
+
+def _artifact(directory: Path, manifest: dict, reused: bool) -> Artifact:
+    om = directory / manifest["om"] if manifest.get("om") else None
+    return Artifact(directory=directory, manifest=manifest, onnx_path=directory / manifest["onnx"],
+                    om_path=om, reused=reused)
+
+
+# ---------------------------------------------------------------- the build itself
+
+def _model_api():
+    """``(build, load_checkpoint)`` of harness.model, imported only when a build happens."""
+    from harness import model as hmodel
+
+    return hmodel.build, hmodel.load_checkpoint
+
+
+def _input_stage(model, norm: hcfg.Normalization, input_dtype: str):
+    """Wrap ``model`` so the graph takes the pipeline's tensor: uint8 (normalized inside) or float32."""
+    import torch
+
+    class InputStage(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+            shape = (1, 1, 3, 1, 1, 1)
+            self.register_buffer("mean", torch.tensor(norm.mean, dtype=torch.float32).view(shape))
+            self.register_buffer("std", torch.tensor(norm.std, dtype=torch.float32).view(shape))
+
+        def forward(self, x):
+            if input_dtype == "uint8":
+                x = x.float()
+                if norm.to_bgr:          # the reference flips RGB->BGR before subtracting the mean
+                    x = x.flip(2)
+                x = (x - self.mean) / self.std
+            return self.model(x)
+
+    return InputStage().eval()
+
+
+def _verification_input(plan: _Plan):
+    """A fixed random input in the graph's dtype (uint8 pixels, or their normalized floats)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=plan.input_shape, dtype=np.uint8)
+    if plan.options.input_dtype == "uint8":
+        return pixels
+    x = pixels.astype(np.float32)
+    if plan.norm.to_bgr:
+        x = x[:, :, ::-1]
+    mean = np.asarray(plan.norm.mean, np.float32).reshape(1, 1, 3, 1, 1, 1)
+    std = np.asarray(plan.norm.std, np.float32).reshape(1, 1, 3, 1, 1, 1)
+    return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
+
+
+def _torch_reference(wrapped, x_np):
+    """PyTorch logits, one view at a time (views are independent; keeps full-size memory low)."""
+    import numpy as np
+    import torch
+
+    outs = []
+    with torch.inference_mode():
+        for b in range(x_np.shape[0]):
+            for v in range(x_np.shape[1]):
+                outs.append(wrapped(torch.from_numpy(x_np[b:b + 1, v:v + 1].copy())).numpy())
+    return np.concatenate(outs, axis=0)
+
+
+def _export(wrapped, plan: _Plan, path: Path) -> None:
+    import torch
+
+    from harness.onnx_passes import EXPORT_OPSET
+
+    # Below 18 the exporter's own down-conversion fails on this model: export at 18 and let
+    # harness.onnx_passes convert after simplification (docs/build.md, "Opsets").
+    opset = max(plan.options.opset, EXPORT_OPSET)
+    example = torch.zeros(plan.input_shape, dtype=torch.uint8 if plan.options.input_dtype == "uint8"
+                          else torch.float32)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)   # torch-internal deprecations, not ours
+            torch.onnx.export(wrapped, (example,), str(path), dynamo=True, opset_version=opset,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              external_data=False, verbose=False)
+    except Exception as exc:
+        raise BuildError(f"ONNX export at opset {opset} failed: {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''} (opsets 11 to 18 are known"
+                         " to work; see docs/build.md)") from exc
+
+
+def _simplify(path: Path, target_opset: int) -> list[str]:
+    """onnxsim, then the conversion to a lower opset if asked; returns the passes applied."""
+    import onnx
+    import onnxsim
+
+    from harness.onnx_passes import convert_opset
+
+    model = onnx.load(str(path))
+    try:
+        simplified, _ = onnxsim.simplify(model)   # our own verification follows
+    except Exception as exc:
+        raise BuildError(f"onnxsim failed on {path.name}: {type(exc).__name__}: {exc}") from exc
+    del model
+    try:
+        simplified, passes = convert_opset(simplified, target_opset)
+    except Exception as exc:
+        raise BuildError(f"cannot convert the graph to opset {target_opset}: {exc} (opsets 11 to 18"
+                         " are supported; see docs/build.md)") from exc
+    onnx.save(simplified, str(path))
+    return passes
+
+
+def _check_graph(path: Path, plan: _Plan) -> dict:
+    """Opset, node count and the max rank of Transpose/Reshape outputs (CANN allows <= 8)."""
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset != plan.options.opset:
+        raise BuildError(f"the exporter produced opset {opset}, not the requested {plan.options.opset};"
+                         " choose an opset the exporter supports (see docs/build.md)")
+    ranks = {vi.name: len(vi.type.tensor_type.shape.dim) for vi in
+             list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)}
+    max_rank = 0
+    for node in model.graph.node:
+        if node.op_type in _RANK_CHECKED_OPS:
+            for name in list(node.output) + list(node.input[:1]):
+                if name not in ranks:
+                    raise BuildError(f"cannot infer the rank of {node.op_type} tensor {name!r};"
+                                     " the CANN rank limit cannot be checked")
+                max_rank = max(max_rank, ranks[name])
+    if max_rank > MAX_RANK:
+        raise BuildError(f"the graph has a Transpose/Reshape of rank {max_rank}; CANN accepts at"
+                         f" most {MAX_RANK} dimensions")
+    inputs = [(i.name, [d.dim_value for d in i.type.tensor_type.shape.dim]) for i in model.graph.input]
+    if inputs != [(INPUT_NAME, list(plan.input_shape))]:
+        raise BuildError(f"exported graph inputs are {inputs}, expected {INPUT_NAME} {list(plan.input_shape)}")
+    return {"opset": opset, "nodes": len(model.graph.node), "max_transpose_reshape_rank": max_rank,
+            "passes": []}
+
+
+def _onnxruntime_logits(path: Path, x_np):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    # No arena and no memory pattern: the full-size graph's peak drops (docs/build.md has figures).
+    options.enable_cpu_mem_arena = False
+    options.enable_mem_pattern = False
+    options.intra_op_num_threads = max(1, min(4, os.cpu_count() or 1))
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session.run([OUTPUT_NAME], {INPUT_NAME: x_np})[0]
+
+
+def _verify(path: Path, reference, x_np) -> float:
+    import numpy as np
+
+    got = _onnxruntime_logits(path, x_np)
+    if got.shape != reference.shape:
+        raise BuildError(f"ONNX output shape {got.shape} differs from PyTorch's {reference.shape}")
+    diff = float(np.max(np.abs(got.astype(np.float64) - reference.astype(np.float64))))
+    if not diff <= TOLERANCE:     # also catches NaN
+        raise BuildError(f"verification failed: ONNX logits differ from PyTorch by {diff:.3g}"
+                         f" (tolerance {TOLERANCE}); the exported graph does not compute the model")
+    return diff
+
+
+def _atc_argv(plan: _Plan, onnx_path: Path, out_stem: Path) -> list[str]:
+    o = plan.options
+    argv = [plan.atc, "--framework=5", f"--model={onnx_path}", f"--output={out_stem}",
+            f"--soc_version={o.soc_version}",
+            f"--input_shape={INPUT_NAME}:{','.join(str(d) for d in plan.input_shape)}"]
+    if o.precision_mode:
+        argv.append(f"--precision_mode={o.precision_mode}")
+    if o.op_precision_mode:
+        argv.append(f"--op_precision_mode={Path(o.op_precision_mode).resolve()}")
+    argv.append("--log=error")
+    argv.extend(str(a) for a in o.atc_extra_args)
+    return argv
+
+
+def _run_atc(plan: _Plan, directory: Path) -> str:
+    argv = _atc_argv(plan, (directory / ONNX_FILE).resolve(), (directory / "model").resolve())
+    log_path = directory / ATC_LOG
+    log.info("running ATC: %s", " ".join(argv))
+    with open(log_path, "wb") as fh:
+        fh.write(("$ " + " ".join(argv) + "\n").encode())
+        fh.flush()
+        try:
+            rc = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, cwd=directory).returncode
+        except OSError as exc:
+            raise BuildError(f"cannot run ATC {plan.atc}: {exc}") from exc
+    final_log = f"{directory.parent / ('.failed-' + plan.name + '-' + plan.digest[:12])}/{ATC_LOG}"
+    if rc != 0:
+        raise BuildError(f"ATC exited with status {rc}; its log: {final_log}")
+    produced = sorted(directory.glob("model*.om"))
+    if len(produced) != 1:
+        raise BuildError(f"ATC succeeded but produced {len(produced)} .om files"
+                         f" ({[p.name for p in produced]}); its log: {final_log}")
+    if produced[0].name != OM_FILE:
+        log.info("ATC wrote %s; renamed to %s", produced[0].name, OM_FILE)
+        os.rename(produced[0], directory / OM_FILE)
+    return OM_FILE
+
+
+def _build_into(tmp: Path, plan: _Plan, unsafe_load_checkpoint: bool) -> dict:
+    import torch
+
+    timings: dict[str, float] = {}
+    build_model, load_checkpoint = _model_api()
+    t0 = time.perf_counter()
+    torch.manual_seed(0)          # random-init artifacts are reproducible
+    model = build_model(plan.model_cfg)
+    if plan.checkpoint is not None:
+        load_checkpoint(model, plan.checkpoint, unsafe=unsafe_load_checkpoint)
+    else:
+        log.warning("no checkpoint given: building with random weights (the artifact's"
+                    " predictions are meaningless; pass --checkpoint for real ones)")
+    timings["model"] = time.perf_counter() - t0
+    wrapped = _input_stage(model.eval(), plan.norm, plan.options.input_dtype)
+
+    x_np = _verification_input(plan)
+    t0 = time.perf_counter()
+    reference = _torch_reference(wrapped, x_np)
+    timings["reference"] = time.perf_counter() - t0
+
+    onnx_path = tmp / ONNX_FILE
+    t0 = time.perf_counter()
+    _export(wrapped, plan, onnx_path)
+    timings["export"] = time.perf_counter() - t0
+    del wrapped, model
+    gc.collect()
+
+    t0 = time.perf_counter()
+    passes = _simplify(onnx_path, plan.options.opset)
+    timings["simplify"] = time.perf_counter() - t0
+    graph = _check_graph(onnx_path, plan)
+    graph["passes"] = passes
+    size = onnx_path.stat().st_size
+    if size >= 2 ** 31:
+        raise BuildError(f"the ONNX file is {size / 2**30:.1f} GiB; single-file ONNX is limited to 2 GiB")
+
+    t0 = time.perf_counter()
+    diff = _verify(onnx_path, reference, x_np)
+    timings["verify"] = time.perf_counter() - t0
+
+    om = None
+    if plan.atc:
+        t0 = time.perf_counter()
+        om = _run_atc(plan, tmp)
+        timings["atc"] = time.perf_counter() - t0
+    else:
+        log.info("ATC not found: built ONNX only (on an Ascend host, source set_env.sh or pass --atc)")
+
+    manifest = {
+        "name": plan.name,
+        "hash": plan.digest,
+        "config": plan.config_path,
+        "input": {"name": INPUT_NAME, "shape": list(plan.input_shape), "dtype": plan.options.input_dtype},
+        "output": {"name": OUTPUT_NAME, "shape": list(plan.output_shape)},
+        "normalization": {"mean": list(plan.norm.mean), "std": list(plan.norm.std),
+                          "to_bgr": plan.norm.to_bgr, "in_graph": plan.options.input_dtype == "uint8"},
+        "views_per_video": plan.views_per_video,
+        "num_classes": plan.num_classes,
+        "average_clips": plan.average_clips,
+        "onnx": ONNX_FILE,
+        "om": om,
+        "soc_version": plan.options.soc_version if om else None,
+        "checkpoint": ({"path": str(plan.checkpoint), "sha256": plan.checkpoint_sha256}
+                       if plan.checkpoint else "random-init"),
+        "tool_versions": {**plan.key["tools"], **({"atc": plan.atc_version} if om else {})},
+        "build_options": plan.key["build"],
+        "graph": graph,
+        "verification": {"max_abs_diff": diff, "tolerance": TOLERANCE},
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "torch_threads": torch.get_num_threads(),
+    }
+    text = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
+    (tmp / (MANIFEST + ".part")).write_text(text)
+    os.replace(tmp / (MANIFEST + ".part"), tmp / MANIFEST)   # written last: marks the build complete
+    return manifest
+
+
+# ---------------------------------------------------------------- command line
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m harness.build",
+                                description="Build (once) the verified ONNX / Ascend .om for a config.")
+    p.add_argument("--config", required=True, help="mmengine-style config (the harness's or the reference's)")
+    p.add_argument("--checkpoint", help="the .pth to load (default: random weights, with a warning)")
+    p.add_argument("--unsafe-load-checkpoint", action="store_true",
+                   help="allow full unpickling of the checkpoint (trusted files only)")
+    p.add_argument("--build-dir", default="build", help="where artifacts live (default: build)")
+    p.add_argument("--input-dtype", choices=("uint8", "float32"))
+    p.add_argument("--batch", type=int)
+    p.add_argument("--views-per-call", type=int)
+    p.add_argument("--opset", type=int)
+    p.add_argument("--soc-version")
+    p.add_argument("--atc", help="path to the ATC executable (default: atc on PATH, if any)")
+    p.add_argument("--require-om", action="store_true", help="fail unless an .om is produced")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        artifact = build_artifact(
+            args.config, args.checkpoint, build_dir=args.build_dir, atc=args.atc,
+            require_om=args.require_om, unsafe_load_checkpoint=args.unsafe_load_checkpoint,
+            input_dtype=args.input_dtype, batch=args.batch, views_per_call=args.views_per_call,
+            opset=args.opset, soc_version=args.soc_version)
+    except HarnessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if artifact.om_path is None:
+        print("note: ATC not found, built ONNX only (an .om needs the CANN toolkit: see docs/build.md)",
+              file=sys.stderr)
+    print(artifact.directory)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

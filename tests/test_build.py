@@ -1,0 +1,490 @@
+"""harness.build: made once, verified, atomic, and ATC driven through a test double."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import harness.build as hb
+from harness.config import clip_geometry, load_config, normalization
+from harness.errors import BuildError, ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "swin_tiny_test.py"
+DOUBLES = Path(__file__).resolve().parent / "doubles"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def no_atc(monkeypatch):
+    """A PATH with python3 but no atc, so builds are ONNX-only whatever the host has."""
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent))
+    assert hb.shutil.which("atc") is None
+
+
+@pytest.fixture
+def fake_atc(monkeypatch):
+    """The ATC test double first on PATH; python3 from this venv so it can read the ONNX."""
+    monkeypatch.setenv("PATH", f"{DOUBLES}{os.pathsep}{Path(sys.executable).parent}")
+    monkeypatch.delenv("FAKE_ATC_SUFFIX", raising=False)
+    monkeypatch.delenv("FAKE_ATC_FAIL", raising=False)
+
+
+@pytest.fixture
+def fake_builder(monkeypatch):
+    """Replace the export/verify work with a stub that writes a minimal complete artifact.
+
+    For tests of hashing and placement only; records each plan it was asked to build.
+    """
+    plans = []
+
+    def build_into(tmp, plan, unsafe):
+        plans.append(plan)
+        (tmp / hb.ONNX_FILE).write_bytes(b"stub")
+        manifest = {"hash": plan.digest, "onnx": hb.ONNX_FILE, "om": None}
+        (tmp / hb.MANIFEST).write_text(json.dumps(manifest))
+        return manifest
+
+    monkeypatch.setattr(hb, "_build_into", build_into)
+    return plans
+
+
+@pytest.fixture(scope="module")
+def tiny_vpc3(tmp_path_factory):
+    """One real ONNX-only build (3 views per call) shared by the tests that only read it."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PATH", str(Path(sys.executable).parent))
+        return hb.build_artifact(TINY, build_dir=tmp_path_factory.mktemp("vpc3"), views_per_call=3)
+
+
+def _save_checkpoint(path: Path, seed: int) -> None:
+    import torch
+
+    from harness.config import model_section
+    from harness.model import build
+
+    torch.manual_seed(seed)
+    model = build(model_section(load_config(TINY)))
+    torch.save(model.state_dict(), path)
+
+
+def _complete_dirs(build_dir: Path) -> list[Path]:
+    return [d for d in build_dir.iterdir() if d.is_dir() and (d / hb.MANIFEST).is_file()
+            and not d.name.startswith(".")]
+
+
+# ---------------------------------------------------------------- the real build (tiny model)
+
+def test_second_build_reuses_without_building_the_model(tmp_path, no_atc, monkeypatch):
+    first = hb.build_artifact(TINY, build_dir=tmp_path)
+    assert not first.reused
+    m = first.manifest
+    geometry = clip_geometry(load_config(TINY))
+    assert m["input"] == {"name": "video", "shape": [1, geometry.views, *geometry.view_shape()],
+                          "dtype": "uint8"}
+    assert m["output"]["shape"] == [geometry.views, 8]
+    assert m["normalization"]["in_graph"] is True
+    assert m["checkpoint"] == "random-init" and m["om"] is None
+    assert m["graph"]["max_transpose_reshape_rank"] <= hb.MAX_RANK
+    assert first.onnx_path.is_file() and first.directory.name.startswith(m["name"] + "-")
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a reused artifact must not build or export anything")
+
+    monkeypatch.setattr(hb, "_model_api", forbidden)
+    monkeypatch.setattr(hb, "_export", forbidden)
+    start = time.perf_counter()
+    second = hb.build_artifact(TINY, build_dir=tmp_path)
+    elapsed = time.perf_counter() - start
+    assert second.reused and second.directory == first.directory
+    assert second.manifest == first.manifest
+    assert elapsed < 2.0
+
+
+@pytest.mark.parametrize("input_dtype,opset", [("uint8", 17), ("float32", 17), ("uint8", 11)])
+def test_onnx_output_equals_the_checkpoint_model(tmp_path, no_atc, input_dtype, opset):
+    import onnxruntime as ort
+    import torch
+
+    from harness.config import model_section
+    from harness.model import build, load_checkpoint
+
+    ckpt = tmp_path / "weights.pth"
+    _save_checkpoint(ckpt, seed=3)
+    art = hb.build_artifact(TINY, ckpt, build_dir=tmp_path / "build", input_dtype=input_dtype,
+                            opset=opset)
+    assert art.manifest["checkpoint"]["sha256"] == hb._sha256_file(ckpt)
+    assert art.manifest["graph"]["opset"] == opset
+    assert art.manifest["verification"]["max_abs_diff"] <= 1e-3
+
+    cfg = load_config(TINY)
+    norm = normalization(cfg)
+    rng = np.random.default_rng(42)
+    pixels = rng.integers(0, 256, size=art.manifest["input"]["shape"], dtype=np.uint8)
+    mean = np.asarray(norm.mean, np.float32).reshape(1, 1, 3, 1, 1, 1)
+    std = np.asarray(norm.std, np.float32).reshape(1, 1, 3, 1, 1, 1)
+    normalized = ((pixels.astype(np.float32) - mean) / std).astype(np.float32)
+
+    session = ort.InferenceSession(str(art.onnx_path), providers=["CPUExecutionProvider"])
+    feed = pixels if input_dtype == "uint8" else normalized
+    got = session.run([art.manifest["output"]["name"]], {art.manifest["input"]["name"]: feed})[0]
+
+    model = build(model_section(cfg))
+    load_checkpoint(model, ckpt)
+    with torch.inference_mode():
+        want = model(torch.from_numpy(normalized)).numpy()
+    assert got.shape == tuple(art.manifest["output"]["shape"])
+    assert np.max(np.abs(got - want)) <= 1e-3
+
+
+def test_views_per_call_builds_a_smaller_graph(tiny_vpc3):
+    art = tiny_vpc3
+    assert art.manifest["input"]["shape"][:2] == [1, 3]
+    assert art.manifest["output"]["shape"] == [3, 8]
+    assert art.manifest["views_per_video"] == 6
+
+
+def test_views_per_call_must_divide_the_views(tmp_path, no_atc):
+    with pytest.raises(ConfigError, match="views_per_call"):
+        hb.build_artifact(TINY, build_dir=tmp_path, views_per_call=4)
+
+
+def test_unsupported_opset_is_a_clear_error(tmp_path, no_atc):
+    with pytest.raises(ConfigError, match="opset"):
+        hb.build_artifact(TINY, build_dir=tmp_path, opset=9)
+
+
+def test_failed_verification_fails_the_build_and_leaves_nothing_complete(tmp_path, no_atc,
+                                                                         monkeypatch):
+    real = hb._onnxruntime_logits
+    monkeypatch.setattr(hb, "_onnxruntime_logits", lambda path, x: real(path, x) + 0.01)
+    with pytest.raises(BuildError, match="verification failed"):
+        hb.build_artifact(TINY, build_dir=tmp_path)
+    assert _complete_dirs(tmp_path) == []
+    assert not list(tmp_path.glob(".tmp-*"))
+    failed = list(tmp_path.glob(".failed-*"))
+    assert len(failed) == 1 and (failed[0] / hb.ONNX_FILE).is_file()   # kept for diagnosis
+
+
+# ---------------------------------------------------------------- hashing and placement
+
+def test_what_changes_the_artifact_gives_a_new_directory(tmp_path, no_atc, fake_builder):
+    ckpt = tmp_path / "w.pth"
+    ckpt.write_bytes(b"weights one")
+    dirs = {hb.build_artifact(TINY, ckpt, build_dir=tmp_path / "b").directory}
+    for overrides in ({"soc_version": "Ascend910B"}, {"input_dtype": "float32"}, {"batch": 2},
+                      {"opset": 13}, {"views_per_call": 3}):
+        dirs.add(hb.build_artifact(TINY, ckpt, build_dir=tmp_path / "b", **overrides).directory)
+    bgr = tmp_path / "tiny_bgr.py"
+    bgr.write_text(TINY.read_text().replace("to_bgr=False", "to_bgr=True"))
+    dirs.add(hb.build_artifact(bgr, ckpt, build_dir=tmp_path / "b").directory)
+    # the host-side contract of a float32 graph (normalization, views per video) counts too
+    dirs.add(hb.build_artifact(bgr, ckpt, build_dir=tmp_path / "b", input_dtype="float32").directory)
+    more_clips = tmp_path / "tiny_4clips.py"
+    more_clips.write_text(TINY.read_text().replace("num_clips=2", "num_clips=4"))
+    dirs.add(hb.build_artifact(more_clips, ckpt, build_dir=tmp_path / "b", views_per_call=3).directory)
+    ckpt.write_bytes(b"weights two")
+    dirs.add(hb.build_artifact(TINY, ckpt, build_dir=tmp_path / "b").directory)
+    dirs.add(hb.build_artifact(TINY, None, build_dir=tmp_path / "b").directory)
+    assert len(dirs) == 11 and len(fake_builder) == 11
+
+    # ...and what does not change it (the checkpoint's path, None overrides) reuses
+    moved = tmp_path / "elsewhere.pth"
+    moved.write_bytes(b"weights two")
+    again = hb.build_artifact(TINY, moved, build_dir=tmp_path / "b", soc_version=None)
+    assert again.reused and len(fake_builder) == 11
+
+
+def test_data_paths_are_not_part_of_the_hash(tmp_path, no_atc, fake_builder):
+    cfg = load_config(TINY)
+    first = hb.build_artifact(cfg, build_dir=tmp_path)
+    cfg["data"]["test"]["ann_file"] = "/somewhere/else.txt"
+    cfg["data"]["test"]["data_prefix"] = "/other/videos"
+    assert hb.build_artifact(cfg, build_dir=tmp_path).directory == first.directory
+
+
+def test_an_incomplete_directory_is_rebuilt(tmp_path, no_atc, fake_builder):
+    art = hb.build_artifact(TINY, build_dir=tmp_path)
+    (art.directory / hb.MANIFEST).unlink()      # e.g. a user deleted it, or an old layout
+    again = hb.build_artifact(TINY, build_dir=tmp_path)
+    assert not again.reused and len(fake_builder) == 2
+
+
+# ---------------------------------------------------------------- concurrency and interruption
+
+def _build_in_child(build_dir: str, queue) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    os.environ["PATH"] = str(Path(sys.executable).parent)
+    art = hb.build_artifact(TINY, build_dir=build_dir)
+    queue.put((str(art.directory), art.reused))
+
+
+def _killed_mid_build(build_dir: str) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    os.environ["PATH"] = str(Path(sys.executable).parent)
+    hb._simplify = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+    hb.build_artifact(TINY, build_dir=build_dir)
+
+
+def test_two_processes_building_at_once_make_one_artifact(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_build_in_child, args=(str(tmp_path), queue)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=240) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert len({d for d, _ in results}) == 1
+    assert sorted(reused for _, reused in results) == [False, True]
+    assert len(_complete_dirs(tmp_path)) == 1
+    assert not list(tmp_path.glob(".tmp-*"))
+    assert hb.load_manifest(results[0][0])["verification"]["max_abs_diff"] <= 1e-3
+
+
+def test_a_killed_build_leaves_nothing_complete_and_the_next_succeeds(tmp_path, no_atc):
+    ctx = multiprocessing.get_context("spawn")
+    p = ctx.Process(target=_killed_mid_build, args=(str(tmp_path),))
+    p.start()
+    p.join(timeout=240)
+    assert p.exitcode == -signal.SIGKILL
+    assert _complete_dirs(tmp_path) == []
+    assert list(tmp_path.glob(".tmp-*"))              # the leftover, never taken as complete
+
+    art = hb.build_artifact(TINY, build_dir=tmp_path)
+    assert not art.reused and art.onnx_path.is_file()
+    assert not list(tmp_path.glob(".tmp-*"))          # cleaned up under the lock
+
+
+def test_an_interrupted_build_cleans_its_temp_dir(tmp_path, no_atc, monkeypatch):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hb, "_torch_reference", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        hb.build_artifact(TINY, build_dir=tmp_path)
+    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
+
+
+# ---------------------------------------------------------------- ATC (test double)
+
+def test_atc_on_path_produces_an_om_with_the_expected_arguments(tmp_path, fake_atc, monkeypatch):
+    monkeypatch.setenv("FAKE_ATC_SUFFIX", "_linux_x86_64")   # the produced name is globbed
+    ini = tmp_path / "op_precision.ini"
+    ini.write_text("[ByOpType]\nSoftmax=high_precision\n")
+    art = hb.build_artifact(TINY, build_dir=tmp_path / "b", soc_version="Ascend910B",
+                            precision_mode="allow_fp32_to_fp16", op_precision_mode=str(ini))
+    assert art.om_path == art.directory / "model.om" and art.om_path.is_file()
+    assert art.manifest["om"] == "model.om" and "atc" in art.manifest["tool_versions"]
+    assert "atc" in art.manifest["timings_s"]
+    assert (art.directory / "atc.log").read_text().count("success") == 1
+
+    head, meta, body = art.om_path.read_bytes().split(b"\n", 2)
+    assert head == b"FAKE-OM v1"
+    assert json.loads(meta)["soc_version"] == "Ascend910B"
+    assert body == art.onnx_path.read_bytes()
+
+    argv = json.loads((art.directory / "model.atc-argv.json").read_text())[1:]
+    shape = ",".join(str(d) for d in art.manifest["input"]["shape"])
+    assert argv[0] == "--framework=5"
+    assert argv[1].startswith("--model=") and argv[1].endswith("/model.onnx")
+    assert argv[2].startswith("--output=") and argv[2].endswith("/model")
+    assert argv[3:] == ["--soc_version=Ascend910B", f"--input_shape=video:{shape}",
+                        "--precision_mode=allow_fp32_to_fp16", f"--op_precision_mode={ini}",
+                        "--log=error"]
+
+    # The same inputs without ATC are a different (ONNX-only) artifact, and vice versa.
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent))
+    onnx_only = hb.build_artifact(TINY, build_dir=tmp_path / "b", soc_version="Ascend910B",
+                                  precision_mode="allow_fp32_to_fp16", op_precision_mode=str(ini))
+    assert onnx_only.directory != art.directory and onnx_only.om_path is None
+
+
+def test_atc_failure_names_its_log(tmp_path, fake_atc, monkeypatch):
+    monkeypatch.setenv("FAKE_ATC_FAIL", "1")
+    with pytest.raises(BuildError, match="ATC exited with status 1") as info:
+        hb.build_artifact(TINY, build_dir=tmp_path)
+    log_path = Path(str(info.value).rsplit("its log: ", 1)[1])
+    assert "simulated compiler error" in log_path.read_text()
+    assert _complete_dirs(tmp_path) == []
+
+
+def test_atc_double_checks_the_input_shape(tmp_path, tiny_vpc3):
+    art = tiny_vpc3
+    base = [str(DOUBLES / "atc"), "--framework=5", f"--model={art.onnx_path}",
+            f"--output={tmp_path / 'x'}", "--soc_version=Ascend310P3"]
+    env = {"PATH": str(Path(sys.executable).parent)}
+    bad_name = subprocess.run(base + ["--input_shape=input:1,3,3,8,64,64"], env=env,
+                              capture_output=True, text=True)
+    bad_dims = subprocess.run(base + ["--input_shape=video:1,6,3,8,64,64"], env=env,
+                              capture_output=True, text=True)
+    good = subprocess.run(base + ["--input_shape=video:1,3,3,8,64,64"], env=env,
+                          capture_output=True, text=True)
+    assert bad_name.returncode == 1 and "model's inputs" in bad_name.stderr
+    assert bad_dims.returncode == 1 and "does not match" in bad_dims.stderr
+    assert good.returncode == 0 and (tmp_path / "x.om").is_file()
+
+
+def test_require_om_without_atc_is_an_error(tmp_path, no_atc):
+    with pytest.raises(BuildError, match="--require-om"):
+        hb.build_artifact(TINY, build_dir=tmp_path, require_om=True)
+
+
+# ---------------------------------------------------------------- command line
+
+def _cli(args, env_path):
+    env = {**os.environ, "PATH": env_path, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "harness.build", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_builds_then_reuses(tmp_path):
+    path = str(Path(sys.executable).parent)
+    first = _cli(["--config", str(TINY), "--build-dir", str(tmp_path), "--views-per-call", "3"], path)
+    assert first.returncode == 0, first.stderr
+    directory = Path(first.stdout.strip())
+    assert hb.load_manifest(directory)["input"]["shape"][1] == 3
+    assert "ATC not found" in first.stderr
+    second = _cli(["--config", str(TINY), "--build-dir", str(tmp_path), "--views-per-call", "3"], path)
+    assert second.returncode == 0 and Path(second.stdout.strip()) == directory
+
+
+def test_cli_require_om_without_atc_exits_2_with_one_line(tmp_path):
+    res = _cli(["--config", str(TINY), "--build-dir", str(tmp_path), "--require-om"],
+               str(Path(sys.executable).parent))
+    assert res.returncode == 2
+    assert res.stderr.startswith("error: ") and "ATC" in res.stderr
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_cli_bad_config_exits_2(tmp_path):
+    res = _cli(["--config", str(tmp_path / "nope.py")], str(Path(sys.executable).parent))
+    assert res.returncode == 2 and "config file not found" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_importing_the_build_does_not_import_torch():
+    code = "import sys, harness.build; print('torch' in sys.modules, 'onnx' in sys.modules)"
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert res.stdout.split() == ["False", "False"]
+
+
+def test_load_manifest_of_a_missing_directory_says_what_to_do(tmp_path):
+    with pytest.raises(BuildError, match="harness.build"):
+        hb.load_manifest(tmp_path)
+
+
+# ---------------------------------------------------------------- full size (slow)
+
+@pytest.mark.slow
+def test_full_size_swin_s_builds_verifies_and_is_reused(tmp_path, no_atc):
+    import torch
+
+    torch.set_num_threads(2)
+    cfg = REPO / "configs" / "swin_small_k400.py"
+    start = time.perf_counter()
+    art = hb.build_artifact(cfg, build_dir=tmp_path, views_per_call=4)
+    build_s = time.perf_counter() - start
+    start = time.perf_counter()
+    again = hb.build_artifact(cfg, build_dir=tmp_path, views_per_call=4)
+    reuse_s = time.perf_counter() - start
+    m = art.manifest
+    print(f"\nSwin-S build {build_s:.1f} s, reuse {reuse_s:.2f} s, diff"
+          f" {m['verification']['max_abs_diff']:.3g}, timings {m['timings_s']}, graph {m['graph']}")
+    assert m["input"]["shape"] == [1, 4, 3, 32, 224, 224] and m["output"]["shape"] == [4, 400]
+    assert m["graph"]["max_transpose_reshape_rank"] <= 8
+    assert again.reused and reuse_s < 3.0
+
+
+# ---------------------------------------------------------------- opset passes (small graphs)
+
+def _graph(nodes, inputs, output, initializers=()):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, inputs[0][1])], list(initializers))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_layer_norm_rewrite_for_opset_13_computes_the_same():
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    from harness.onnx_passes import convert_opset
+
+    rng = np.random.default_rng(0)
+    scale, bias = rng.normal(size=5).astype(np.float32), rng.normal(size=5).astype(np.float32)
+    x = rng.normal(size=(2, 3, 5)).astype(np.float32)
+    model = _graph([helper.make_node("LayerNormalization", ["x", "s", "b"], ["y"], epsilon=1e-5)],
+                   [("x", [2, 3, 5])], "y",
+                   [numpy_helper.from_array(scale, "s"), numpy_helper.from_array(bias, "b")])
+    converted, passes = convert_opset(model, 13)
+    assert "decompose_layer_norm(1)" in passes
+    assert "LayerNormalization" not in {n.op_type for n in converted.graph.node}
+    got = ort.InferenceSession(converted.SerializeToString()).run(None, {"x": x})[0]
+    mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    assert np.max(np.abs(got - ((x - mean) / np.sqrt(var + 1e-5) * scale + bias))) < 1e-5
+
+
+def test_softmax_over_an_inner_axis_is_refused_below_opset_13():
+    from onnx import helper
+
+    from harness.onnx_passes import convert_opset
+
+    model = _graph([helper.make_node("Softmax", ["x"], ["y"], axis=1)], [("x", [2, 3, 5])], "y")
+    with pytest.raises(ValueError, match="last axis"):
+        convert_opset(model, 11)
+
+
+def test_to_bgr_normalization_happens_in_the_graph(tmp_path, no_atc):
+    import onnxruntime as ort
+    import torch
+
+    from harness.config import model_section
+    from harness.model import build, load_checkpoint
+
+    text = TINY.read_text()
+    assert "to_bgr=False" in text
+    cfg_path = tmp_path / "tiny_bgr.py"
+    cfg_path.write_text(text.replace("to_bgr=False", "to_bgr=True"))
+    ckpt = tmp_path / "weights.pth"
+    _save_checkpoint(ckpt, seed=5)
+    art = hb.build_artifact(cfg_path, ckpt, build_dir=tmp_path / "b")
+    assert art.manifest["normalization"]["to_bgr"] is True
+
+    norm = normalization(load_config(cfg_path))
+    pixels = np.random.default_rng(1).integers(0, 256, size=art.manifest["input"]["shape"],
+                                               dtype=np.uint8)
+    mean = np.asarray(norm.mean, np.float32).reshape(1, 1, 3, 1, 1, 1)
+    std = np.asarray(norm.std, np.float32).reshape(1, 1, 3, 1, 1, 1)
+    bgr = ((pixels[:, :, ::-1].astype(np.float32) - mean) / std).astype(np.float32)
+    got = ort.InferenceSession(str(art.onnx_path)).run(None, {"video": pixels})[0]
+    model = build(model_section(load_config(cfg_path)))
+    load_checkpoint(model, ckpt)
+    with torch.inference_mode():
+        want = model(torch.from_numpy(np.ascontiguousarray(bgr))).numpy()
+    assert np.max(np.abs(got - want)) <= 1e-3
