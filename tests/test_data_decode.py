@@ -169,6 +169,7 @@ def test_frames_beyond_the_indexed_packets_are_refused(good, monkeypatch):
     over-reports the count; the decoder refuses such indices instead of calling decord."""
     import harness.data.decode as decode
 
+    monkeypatch.setattr(decode.frames, "decode_resized", lambda *a: None)  # decord's path
     monkeypatch.setattr(decode, "_indexed_frames", lambda reader: 5)
     with pytest.raises(DecodeError, match="holds 5") as info:
         ViewDecoder(steps())(good)
