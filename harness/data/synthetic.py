@@ -115,9 +115,14 @@ def render_frames(spec: ClassSpec, width: int, height: int, frames: int, seed: i
     sign = 1 if spec.direction == "rightward" else -1
     colour = np.array(COLOURS[spec.colour]) + rng.integers(-15, 16, size=3)
     phase = rng.uniform(0, 2 * np.pi)
-    period = max(4.0, bw / 3)
+    # Stripes a few pixels wide scrolling one pixel a frame: even sampled every 4th frame
+    # the shift per sample stays under half a period, so the motion never aliases into
+    # the opposite direction.
+    period = max(8.0, bw / 1.5)
     out = np.empty((frames, height, width, 3), dtype=np.uint8)
     xs = np.arange(bw)
+    xs_frame = np.arange(width)
+    wave_period, wave_phase = max(12.0, width / 7), rng.uniform(0, 2 * np.pi)
     for t in range(frames):
         frac = t / max(frames - 1, 1)
         frac = frac if sign > 0 else 1 - frac
@@ -128,10 +133,13 @@ def render_frames(spec: ClassSpec, width: int, height: int, frames: int, seed: i
             dy, dx = (3 * t) % height, (2 * t) % width
             bg = tex[dy:dy + height, dx:dx + width]
         else:
-            bg = tex
+            # Soft waves drifting with the class's direction across the whole frame: every
+            # crop, also one without the blob, shows the motion (frame order matters).
+            bg = tex + np.rint(18 * np.sin(2 * np.pi * (xs_frame - sign * t) / wave_period
+                                           + wave_phase)).astype(np.int16)[None, :, None]
         frame = np.clip(base + bg, 0, 255)
-        # Stripes scroll with the drift direction, two pixels a frame.
-        stripes = 0.65 + 0.35 * np.sin(2 * np.pi * (xs - sign * 2 * t) / period + phase)
+        # Stripes scroll with the drift direction.
+        stripes = 0.65 + 0.35 * np.sin(2 * np.pi * (xs - sign * t) / period + phase)
         frame[y0:y0 + bh, x0:x0 + bw] = (colour[None, None, :] * stripes[None, :, None])
         out[t] = frame.astype(np.uint8)
     return out
@@ -156,8 +164,11 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 30, pix_fmt: st
         with av.open(str(tmp), "w", format="mp4") as container:
             stream = container.add_stream("libx264", rate=fps)
             stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
-            stream.codec_context.thread_count = 1  # deterministic, and no thread pool
-            stream.options = {"crf": str(crf), "preset": preset}
+            stream.codec_context.thread_count = 1  # no thread pool
+            # x264's macroblock-tree rate control gave different bytes for the same frames
+            # from one encode to the next (seen with libx264 in PyAV 18); without it the
+            # output is deterministic, which the dataset's seed promises.
+            stream.options = {"crf": str(crf), "preset": preset, "x264-params": "mbtree=0"}
             for frame in frames:
                 for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                     container.mux(packet)
@@ -187,7 +198,7 @@ def make_dataset(out_dir: str | Path, classes: int, per_class: int, seed: int = 
     specs = class_specs(classes)
     root = Path(out_dir)
     videos = root / "videos"
-    meta = {"classes": classes, "seed": seed, "profile": asdict(prof), "version": 1}
+    meta = {"classes": classes, "seed": seed, "profile": asdict(prof), "version": 3}
     meta_path = root / "synthetic.json"
     # Same generator arguments -> existing files are reused; otherwise they are rewritten.
     reuse = meta_path.exists() and json.loads(meta_path.read_text()).get("params") == meta
