@@ -385,7 +385,7 @@ def _export(wrapped, plan: _Plan, path: Path) -> None:
     example = torch.zeros(plan.input_shape, dtype=torch.uint8 if plan.options.input_dtype == "uint8"
                           else torch.float32)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quiet_logger("torch.onnx._internal.exporter._registration"):
             warnings.simplefilter("ignore", FutureWarning)   # torch-internal deprecations, not ours
             torch.onnx.export(wrapped, (example,), str(path), dynamo=True, opset_version=opset,
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
@@ -394,6 +394,18 @@ def _export(wrapped, plan: _Plan, path: Path) -> None:
         raise BuildError(f"ONNX export at opset {opset} failed: {type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''} (opsets 11 to 18 are known"
                          " to work; see docs/build.md)") from exc
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    """Silence one chatty logger (the exporter lists torchvision ops it cannot find: we use none)."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _simplify(path: Path, target_opset: int) -> list[str]:

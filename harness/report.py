@@ -83,13 +83,17 @@ def _class_bars(accuracy: dict[int, tuple[int, int]], names: Sequence[str]) -> s
 
 
 def _throughput_chart(rows: Sequence[dict]) -> str:
-    """Cumulative videos over time, one line per device (needs the ``finished_s`` column)."""
-    timed = [r for r in rows if r.get("finished_s") is not None]
+    """Cumulative videos over time, one line per device (from the ``finished_at`` column).
+
+    A resumed job shows its runs one after another, with the pause between them.
+    """
+    timed = [r for r in rows if r.get("finished_at") is not None and r.get("status") == "ok"]
     if not timed:
         return "<p>No timing recorded.</p>"
+    t0 = min(float(r["finished_at"]) for r in timed)
     by_device: dict[str, list[float]] = {}
     for row in timed:
-        by_device.setdefault(str(row.get("device") or "none"), []).append(float(row["finished_s"]))
+        by_device.setdefault(str(row.get("device") or "none"), []).append(float(row["finished_at"]) - t0)
     t_max = max(max(ts) for ts in by_device.values()) or 1.0
     n_max = max(len(ts) for ts in by_device.values())
     width, height, pad = 560, 220, 40
@@ -154,7 +158,7 @@ def render_report(summary: dict, rows: Sequence[dict], class_names: Sequence[str
                          [(d.get("kind"), d.get("id"), d.get("node"), d.get("videos")) for d in devices])
     bench = summary.get("bench") or {}
     bench_rows = [(d.get("device"), d.get("mean_ms"), d.get("p50_ms"), d.get("p99_ms"),
-                   d.get("videos_per_s")) for d in bench.get("devices", [])]
+                   d.get("throughput_videos_per_s")) for d in bench.get("devices", [])]
     bench_html = (_table(["device", "mean ms", "p50 ms", "p99 ms", "videos/s"], bench_rows)
                   + f"<p>aggregate {_fmt(bench.get('aggregate_videos_per_s'))} videos/s;"
                     f" pipeline efficiency {_fmt(bench.get('pipeline_efficiency'))}</p>"

@@ -37,6 +37,7 @@ SCHEMA = pa.schema([
     ("status", pa.string()), ("error", pa.string()), ("message", pa.string()),
     ("scores", pa.list_(pa.float32())), ("top5", pa.list_(pa.int32())),
     ("device", pa.string()), ("node", pa.string()),
+    ("finished_at", pa.float64()),  # unix time the driver recorded it (report: throughput over time)
 ])
 
 
@@ -120,6 +121,7 @@ class ResultWriter:
             "index": int(result.index), "path": str(result.path), "label": int(result.label),
             "status": result.status, "error": result.error, "message": result.message,
             "scores": scores, "top5": result.top5, "device": result.device, "node": result.node,
+            "finished_at": time.time(),
         })
         if len(self._rows) >= self.batch_size or time.monotonic() - self._last >= self.flush_s:
             self.flush()

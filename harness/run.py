@@ -23,6 +23,7 @@ from typing import Callable
 from harness.backends.base import BACKENDS, ModelSpec
 from harness.errors import ConfigError, DeviceError, HarnessError
 from harness.pipeline import DevicePlan, Scheduler, VideoResult, evaluate_local, start_actors
+from harness.report import write_report
 
 log = logging.getLogger("harness.run")
 
@@ -32,12 +33,15 @@ DEFAULT_BACKEND = {"npu": "om", "gpu": "onnxruntime", "cpu": "onnxruntime"}
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m harness.run", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", required=True, help="mmengine-style config (.py) or a name in configs/")
+    p.add_argument("--demo", action="store_true",
+                   help="the embedded demo: a synthetic dataset (made once), the shipped tiny"
+                   " checkpoint, 2 CPU actors, benchmark loops, and a self-check of the accuracy")
+    p.add_argument("--config", help="mmengine-style config (.py) or a name in configs/")
     model = p.add_mutually_exclusive_group()
     model.add_argument("--checkpoint", help=".pth checkpoint (default: random weights)")
     model.add_argument("--om", help="prebuilt .om (e.g. made by the Ascend guide); implies --backend om")
     model.add_argument("--onnx", help="prebuilt .onnx")
-    devices = p.add_mutually_exclusive_group(required=True)
+    devices = p.add_mutually_exclusive_group()
     devices.add_argument("--npus", type=int, help="one inference actor per NPU chip (aclruntime)")
     devices.add_argument("--gpus", type=int, help="one inference actor per GPU")
     devices.add_argument("--cpus", type=int, help="N CPU inference actors (one core each)")
@@ -49,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--build-dir", default="build", help="artifact cache (default: build)")
     p.add_argument("--ann-file", help="override the config's test list")
     p.add_argument("--data-prefix", help="override the config's video folder")
+    p.add_argument("--label-map", help="class names, one per line in label order, for the report"
+                   " (default: harness.label_map in the config, or configs/label_map_k400.txt"
+                   " for 400 classes)")
     p.add_argument("--limit", type=int, help="only the first K videos of the list")
     p.add_argument("--decoders", type=int, help="CPU decode workers (default: the free CPUs, >= 1)")
     p.add_argument("--bench-loops", type=int, default=0, help="pure-inference loops per device")
@@ -63,6 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--flush-every", type=int, default=32,
                    help="rows per predictions part file (a crash loses at most one part)")
     args = p.parse_args(argv)
+    if not args.config and not args.demo:
+        p.error("--config is required (or --demo)")
     if args.bench_only and not args.bench_loops:
         p.error("--bench-only needs --bench-loops L")
     return args
@@ -267,6 +276,11 @@ class Progress:
             self.bar.close()
 
 
+def _progress(args, entries: list, todo: list) -> Progress:
+    return Progress(len(entries), len(entries) - len(todo),
+                    enabled=not args.no_progress and not args.bench_only)
+
+
 def execute(args: argparse.Namespace,
             on_result: Callable[[VideoResult], None] | None = None) -> dict:
     """Do the whole run; returns the summary (also written to the work dir)."""
@@ -301,8 +315,7 @@ def execute(args: argparse.Namespace,
     descriptions: list[dict] = []
     stats = None
     writer = results.ResultWriter(work, batch_size=args.flush_every) if not args.bench_only else None
-    progress = Progress(len(entries), len(entries) - len(todo),
-                        enabled=not args.no_progress and not args.bench_only)
+    progress = Progress(0, 0, enabled=False)  # the real bar starts once the devices are ready
     start = time.perf_counter()
     processed = 0
     bench = None
@@ -330,6 +343,7 @@ def execute(args: argparse.Namespace,
                 log.info("inference actor %s on %s: input %s %s", d["device"], d["node"],
                          d["input_shape"], d["input_dtype"])
             start = time.perf_counter()
+            progress = _progress(args, entries, todo)
             if not args.bench_only:
                 stats = Scheduler(decoders, actors, max_retries=args.max_retries).run(todo, record)
         else:
@@ -337,6 +351,7 @@ def execute(args: argparse.Namespace,
             actors = [InferenceActor(spec, plan.kind, k, 1, metrics=False) for k in range(plan.count)]
             descriptions = [a.describe() for a in actors]
             start = time.perf_counter()
+            progress = _progress(args, entries, todo)
             if not args.bench_only:
                 stats = evaluate_local(todo, decoder, spec, plan, record, actors=actors)
         wall = time.perf_counter() - start
@@ -362,16 +377,30 @@ def execute(args: argparse.Namespace,
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
         summary["bench"] = bench
         results.write_summary(work, summary)
+        write_report(work, class_names(cfg, args))
         return summary
     table = results.read_predictions(work)
     if args.limit is not None:  # rows an earlier, longer run recorded are not this job's
         import pyarrow.compute as pc
         table = table.filter(pc.is_in(table.column("index"),
                                       value_set=pa_array([e.index for e in entries])))
+    extra["config"] = str(cfg.get("_harness_config_path"))
     summary = results.summarize(table, wall_s=wall, processed=processed,
                                 backend=spec.backend, artifact=artifact_info, bench=bench, extra=extra)
     results.write_summary(work, summary)
+    write_report(work, class_names(cfg, args))
     return summary
+
+
+def class_names(cfg, args) -> list[str]:
+    """Class names for the report: --label-map, the config's harness.label_map, or K400's."""
+    from harness.config import LABEL_MAP_K400, harness_options, model_section
+    from harness.data import load_label_map
+
+    path = args.label_map or harness_options(cfg).label_map
+    if path is None and int(model_section(cfg)["cls_head"]["num_classes"]) == 400:
+        path = LABEL_MAP_K400
+    return load_label_map(path) if path else []
 
 
 def pa_array(values):
@@ -414,6 +443,9 @@ def main(argv: list[str] | None = None) -> int:
                         stream=sys.stderr)
     logging.getLogger("harness").setLevel(logging.INFO)  # libraries stay at WARNING
     try:
+        if args.demo:
+            from harness import demo
+            demo.prepare(args)
         summary = execute(args)
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -424,6 +456,15 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(summary))
     if summary.get("bench"):
         print(format_bench(summary["bench"]))
+    work = Path(summary.get("work_dir", args.work_dir or "."))
+    print(f"results: {work / 'predictions.parquet'}, {work / 'summary.json'}, {work / 'report.html'}")
+    manifest = (summary.get("artifact") or {}).get("manifest")
+    if manifest:
+        print(f"model artifact: {Path(manifest).parent}")
+    if args.demo:
+        from harness import demo
+        if not demo.check(summary):
+            return 1
     if args.strict and summary.get("videos_failed"):
         print(f"error: {summary['videos_failed']} video(s) failed (--strict)", file=sys.stderr)
         return 1

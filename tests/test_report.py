@@ -27,7 +27,7 @@ def _fake_run(work_dir: Path, classes: int = 5, videos: int = 40) -> list[str]:
                          status="failed" if failed else "ok",
                          error="decode failed" if failed else None,
                          scores=None if failed else [0.1] * classes, top5=None if failed else top5,
-                         device=f"cpu:{i % 2}", node="n1", finished_s=0.1 * i))
+                         device=f"cpu:{i % 2}", node="n1", finished_at=1.7e9 + 0.1 * i))
     (work_dir / "predictions.parquet").mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist(rows), work_dir / "predictions.parquet" / "part-00000.parquet")
     summary = dict(top1=0.7, top5=1.0, mean_class_accuracy=0.69, videos_total=videos,
@@ -36,7 +36,7 @@ def _fake_run(work_dir: Path, classes: int = 5, videos: int = 40) -> list[str]:
                    devices=[dict(kind="cpu", id="0", node="n1", videos=19)],
                    artifact=dict(hash="abc123", manifest="build/x/manifest.json"),
                    bench=dict(devices=[dict(device="cpu:0", mean_ms=5.0, p50_ms=5.0, p99_ms=6.0,
-                                            videos_per_s=200.0)],
+                                            throughput_videos_per_s=200.0)],
                               aggregate_videos_per_s=200.0, pipeline_efficiency=0.05))
     (work_dir / "summary.json").write_text(json.dumps(summary))
     return [f"class {chr(97 + c)} (sport)" for c in range(classes)]
@@ -52,7 +52,7 @@ def test_report_content(tmp_path):
     assert all(t != p for t, p, _ in confusions)
     assert "class a (sport)" in page                       # names escaped, not dropped
     assert "decode failed" in page and "v/7.mp4" in page  # failures listed with reasons
-    assert "cpu:0" in page and "cpu:1" in page           # one throughput line per device
+    assert "cpu:0: 20 videos" in page and "cpu:1: 18 videos" in page  # ok videos, a line per device
     assert "<script" not in page and "http" not in page.replace("http-equiv", "")  # self-contained
 
 
