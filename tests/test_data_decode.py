@@ -105,6 +105,24 @@ def test_decoder_is_picklable_and_reports_its_shape(good):
     assert decoder(good).shape == (decoder.views, *decoder.view_shape)
 
 
+def test_output_is_reused_only_once_the_caller_let_go(good, tmp_path):
+    decoder = ViewDecoder(steps())
+    other = write_video(tmp_path / "other.mp4", render_frames(class_specs(2)[1], 112, 80, 20, seed=1),
+                        fps=15)
+    first = decoder(good)
+    kept = first.copy()
+    second = decoder(other)              # ``first`` is still held: a new array
+    assert second is not first and np.array_equal(first, kept)
+    view = second[0]                     # a view keeps its base alive too
+    del second
+    third = decoder(good)
+    assert np.array_equal(third, kept) and view.base is not None
+    assert not np.shares_memory(third, view)
+    address = third.__array_interface__["data"][0]
+    del third, view                      # released: the next call may reuse the memory
+    assert decoder(other).__array_interface__["data"][0] == address
+
+
 @pytest.mark.parametrize("change, name", [
     (lambda s: s.__setitem__(5, dict(type="Flip", flip_ratio=0.5)), "Flip.flip_ratio"),
     (lambda s: s[1].update(twice_sample=True), "SampleFrames.twice_sample"),

@@ -74,7 +74,8 @@ def _decode(container, pick, size_of, buffer):
             raise _Unusual("decoder output does not follow the packet pts order")
         state["last"] = r
         if wanted[r]:
-            cv2.resize(to_rgb(frame), size, dst=out[slot_of[frame.pts]], interpolation=cv2.INTER_LINEAR)
+            rgb, _holder = to_rgb(frame)
+            cv2.resize(rgb, size, dst=out[slot_of[frame.pts]], interpolation=cv2.INTER_LINEAR)
             state["filled"] += 1
 
     skip = None
@@ -130,7 +131,12 @@ class _Converter:
         elif frame.format.name != self.format:
             raise _Unusual("pixel format changes within the video")
         self.graph.push(frame)
-        return self.graph.pull().to_ndarray()
+        rgb = self.graph.pull()
+        # A view of the filter's buffer (rows may be padded), not a copy: cv2.resize reads
+        # it straight away, while ``rgb`` still holds the buffer.
+        plane = rgb.planes[0]
+        rows = np.frombuffer(plane, np.uint8).reshape(rgb.height, plane.line_size)
+        return rows[:, :rgb.width * 3].reshape(rgb.height, rgb.width, 3), rgb
 
     def _build(self, frame) -> None:
         import av

@@ -79,16 +79,27 @@ def to_channel_first(frames: np.ndarray, out: np.ndarray | None = None) -> np.nd
 
 
 def format_views(planes: np.ndarray, clip_rows: np.ndarray, offsets: list[tuple[int, int]],
-                 crop_w: int, crop_h: int) -> np.ndarray:
+                 crop_w: int, crop_h: int, out: np.ndarray | None = None) -> np.ndarray:
     """Assemble NCTHW views, crop-major (view = crop * num_clips + clip).
 
     ``planes``: ``(3, U, H, W)`` unique resized frames; ``clip_rows``: ``(num_clips, T)``
     rows of ``planes`` per sampled frame. Returns uint8 ``(crops*clips, 3, T, crop_h, crop_w)``.
     """
     num_clips, clip_len = clip_rows.shape
-    out = np.empty((len(offsets) * num_clips, planes.shape[0], clip_len, crop_h, crop_w), dtype=np.uint8)
+    shape = (len(offsets) * num_clips, planes.shape[0], clip_len, crop_h, crop_w)
+    if out is None:
+        out = np.empty(shape, dtype=np.uint8)
+    rows = [_as_index(r) for r in clip_rows]
     for c, (x, y) in enumerate(offsets):
         window = planes[:, :, y:y + crop_h, x:x + crop_w]
         for k in range(num_clips):
-            out[c * num_clips + k] = window[:, clip_rows[k]]
+            out[c * num_clips + k] = window[:, rows[k]]
     return out
+
+
+def _as_index(rows: np.ndarray) -> slice | np.ndarray:
+    """A slice when ``rows`` are consecutive (the usual clip: each sampled frame once):
+    basic indexing copies straight into the output, fancy indexing goes through a temporary."""
+    if len(rows) and np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
+        return slice(int(rows[0]), int(rows[0]) + len(rows))
+    return rows
