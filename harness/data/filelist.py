@@ -20,12 +20,12 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.config import LABEL_MAP_K400
 from harness.errors import HarnessError
 
 log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi")
-DEFAULT_LABEL_MAP = Path(__file__).resolve().parents[2] / "configs" / "label_map_k400.txt"
 
 
 class ListError(HarnessError):
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Write an mmaction video list for a class-folder tree.")
     parser.add_argument("root", help="folder holding one sub-folder per class")
     parser.add_argument("--out", required=True, help="list file to write")
-    parser.add_argument("--label-map", default=str(DEFAULT_LABEL_MAP),
+    parser.add_argument("--label-map", default=str(LABEL_MAP_K400),
                         help="class names in label order (default: configs/label_map_k400.txt)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
