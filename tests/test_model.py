@@ -174,6 +174,24 @@ def test_loading_weights_refreshes_cached_biases():
         torch.testing.assert_close(model(x), other(x), atol=1e-6, rtol=0)
 
 
+def test_a_training_step_refreshes_cached_biases():
+    model, fresh = build(model_cfg()), build(model_cfg())
+    randomize(model)
+    x = torch.randn(1, 1, 3, 8, 64, 64)
+    with torch.inference_mode():
+        model(x)  # eval mode: caches the biases
+    model.train()
+    loss = model(x).square().mean()
+    loss.backward()
+    with torch.no_grad():  # an optimizer step edits the bias tables in place
+        for p in model.parameters():
+            p -= 0.5 * p.grad
+    model.eval()
+    fresh.load_state_dict(model.state_dict())
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), fresh(x), atol=1e-6, rtol=0)
+
+
 def expected_checkpoint_keys(depths: list[int]) -> set[str]:
     """The key list of reference/protocol.md, for a model with ``depths``."""
     keys = {"backbone.patch_embed.proj.weight", "backbone.patch_embed.proj.bias",

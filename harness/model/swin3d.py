@@ -419,8 +419,14 @@ class VideoSwin(nn.Module):
                 plan = self.backbone.plans.get(size, block.window_size, block.shift_size, device)
                 block.attn.position_bias(plan.window[0] * plan.window[1] * plan.window[2])
 
+    def train(self, mode: bool = True) -> "VideoSwin":
+        # Training edits the bias tables in place: an eval-mode bias cached before would
+        # be stale afterwards, so switching modes starts afresh.
+        self.clear_cache()
+        return super().train(mode)
+
     def clear_cache(self) -> None:
-        """Drop cached masks and biases (needed only after editing parameters in place)."""
+        """Drop cached masks and biases (needed after editing parameters in place)."""
         self.backbone.plans.clear()
         for module in self.modules():
             if isinstance(module, WindowAttention3D):
