@@ -259,8 +259,10 @@ class Progress:
         self.bar = None
         if enabled:
             from tqdm import tqdm
+            # In a log file (no terminal) a line every 10 s, not a redraw per video.
             self.bar = tqdm(total=total, initial=initial, unit="video", file=sys.stderr,
-                            dynamic_ncols=True, smoothing=0.1)
+                            dynamic_ncols=True, smoothing=0.1,
+                            mininterval=0.1 if sys.stderr.isatty() else 10.0)
             self.bar.set_postfix(failed=0)
 
     def update(self, result: VideoResult) -> None:
