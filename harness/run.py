@@ -292,11 +292,12 @@ def execute(args: argparse.Namespace,
 
     cfg = load_config(args.config)
     plan = _plan(args)
+    entries, todo, ann_file, prefix = [], [], None, None
+    if not args.bench_only:  # a bad list fails now, not after a long build
+        ann_file, prefix, entries = load_entries(cfg, args)
     spec, artifact_info = resolve_model(cfg, args, plan)
     work = Path(args.work_dir or Path("work_dirs") / config_name(cfg))
-    entries, todo, ann_file, prefix = [], [], None, None
     if not args.bench_only:
-        ann_file, prefix, entries = load_entries(cfg, args)
         identity = results.RunIdentity.for_list(
             ann_file, len(entries), artifact_hash=spec.identity, data_prefix=str(Path(prefix).resolve()),
             backend=spec.backend, config=str(cfg.get("_harness_config_path")))
