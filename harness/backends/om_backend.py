@@ -61,9 +61,5 @@ class OmSession:
         out.to_host()
         return np.array(out)
 
-    def exec_times_ms(self) -> list[float]:
-        """Device execution time per run (aclruntime's summary), in milliseconds."""
-        return [end - start for start, end in self._session.summary().exec_time_list]
-
     def close(self) -> None:
         self._session = None

@@ -293,12 +293,6 @@ class ViewDecoder:
         kind, sw, sh = self.plan.resize
         return transforms.rescale_size(w, h, (sw, sh)) if kind == "keep_ratio" else (int(sw), int(sh))
 
-    def views_from_frames(self, frames: np.ndarray, clip_rows: np.ndarray) -> np.ndarray:
-        """Resize, crop and format decoded RGB frames ``(U, H, W, 3)``; ``clip_rows[k, t]``
-        is the row of ``frames`` for frame t of clip k."""
-        h, w = frames.shape[1:3]
-        return self._views(transforms.resize_frames(frames, self._resized_size(w, h)), clip_rows)
-
     def _views(self, frames: np.ndarray, clip_rows: np.ndarray) -> np.ndarray:
         h, w = frames.shape[1:3]
         if self.plan.crop is None:
