@@ -119,7 +119,8 @@ class _Plan:
     config_path: str
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -161,7 +162,7 @@ def _atc_version(atc: str) -> str:
                 text = " ".join(line.strip() for line in candidate.read_text(errors="replace").splitlines()
                                 if line.strip())
                 return f"{candidate.parent.name}: {text[:500]}"
-    return "sha256:" + _sha256_file(real)
+    return "sha256:" + sha256_file(real)
 
 
 def model_name(model_cfg: dict) -> str:
@@ -199,7 +200,7 @@ def _plan(cfg, checkpoint, atc, overrides) -> _Plan:
         if not ckpt_path.is_file():
             raise CheckpointError(f"checkpoint file not found: {ckpt_path} (give the .pth path with"
                                   " --checkpoint, or leave it out for random weights)")
-        ckpt_hash = _sha256_file(ckpt_path)
+        ckpt_hash = sha256_file(ckpt_path)
 
     atc_path = _resolve_atc(atc)
     atc_version = _atc_version(atc_path) if atc_path else None
@@ -211,7 +212,7 @@ def _plan(cfg, checkpoint, atc, overrides) -> _Plan:
         if not Path(opm).is_file():
             raise ConfigError(f"config key 'harness.build.op_precision_mode' names {opm}, which is not"
                               " a file (give the path of an ATC op precision .ini)")
-        build_opts["op_precision_mode"] = {"file": Path(opm).name, "sha256": _sha256_file(Path(opm))}
+        build_opts["op_precision_mode"] = {"file": Path(opm).name, "sha256": sha256_file(Path(opm))}
     key = {
         "format": _HASH_FORMAT,
         "model": model_cfg,

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from harness.backends.base import BACKENDS, ModelSpec
+from harness.build import sha256_file
 from harness.errors import ConfigError, DeviceError, HarnessError
 from harness.pipeline import DevicePlan, Scheduler, VideoResult, evaluate_local, start_actors
 from harness.report import write_report
@@ -79,14 +80,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # ------------------------------------------------------------------ model and data
 
-def _sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def resolve_model(cfg, args, plan: DevicePlan) -> tuple[ModelSpec, dict]:
     """The ModelSpec the actors load, and the summary's ``artifact`` entry."""
     from harness.config import average_clips, clip_geometry, model_section, normalization
@@ -112,13 +105,13 @@ def resolve_model(cfg, args, plan: DevicePlan) -> tuple[ModelSpec, dict]:
         manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else None
         if manifest and manifest.get("om" if args.om else "onnx") == path.name:
             return _spec_from_manifest(manifest, manifest_file, str(path), base)
-        identity = _sha256(path)
+        identity = sha256_file(path)
         spec = ModelSpec(path=str(path), views_per_video=clip_geometry(cfg).views, identity=identity, **base)
         return spec, {"manifest": None, "hash": identity, "model": str(path)}
     if backend == "torch":
         if not args.checkpoint:
             raise ConfigError("--backend torch needs --checkpoint (random weights would differ per actor)")
-        identity = hashlib.sha256((_sha256(args.checkpoint) + _sha256(config_path)).encode()).hexdigest()
+        identity = hashlib.sha256((sha256_file(args.checkpoint) + sha256_file(config_path)).encode()).hexdigest()
         spec = ModelSpec(path=None, views_per_video=clip_geometry(cfg).views, identity=identity,
                          checkpoint=str(Path(args.checkpoint).resolve()),
                          unsafe_load_checkpoint=args.unsafe_load_checkpoint, **base)
