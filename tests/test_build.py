@@ -131,7 +131,7 @@ def test_onnx_output_equals_the_checkpoint_model(tmp_path, no_atc, input_dtype, 
     _save_checkpoint(ckpt, seed=3)
     art = hb.build_artifact(TINY, ckpt, build_dir=tmp_path / "build", input_dtype=input_dtype,
                             opset=opset)
-    assert art.manifest["checkpoint"]["sha256"] == hb._sha256_file(ckpt)
+    assert art.manifest["checkpoint"]["sha256"] == hb.sha256_file(ckpt)
     assert art.manifest["graph"]["opset"] == opset
     assert art.manifest["verification"]["max_abs_diff"] <= 1e-3
 
