@@ -34,8 +34,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from harness.backends.base import ModelSpec  # noqa: E402
-from harness.pipeline import DecodeWorker, Entry, InferenceActor, Scheduler  # noqa: E402
+from harness.backends import ModelSpec  # noqa: E402
+from harness.config import Normalization  # noqa: E402
+from harness.scheduler import Entry, Scheduler  # noqa: E402
+from harness.stages import DecodeWorker, InferenceActor  # noqa: E402
 
 CONFIG = REPO / "configs" / "swin_tiny_test.py"
 
@@ -72,7 +74,8 @@ def start(num_devices: int, num_decoders: int, latency: float, decoder, views: i
     import ray
 
     spec = ModelSpec(backend="simulated", path=None, views_per_video=views, average_clips="prob",
-                     mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+                     norm=Normalization((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)), num_classes=8,
+                     identity="simulated")
     actor_cls = ray.remote(InferenceActor)
     actors = [actor_cls.options(resources={"SIM": 1}, num_cpus=0)
               .remote(spec, "npu", k, 1, False, SleepSession(latency, views))

@@ -1,23 +1,15 @@
-"""Pure-inference loops on the live inference actors (the ``ais_bench --loop`` measurement).
+"""Pure-inference loops on the live inference actors (the ``ais_bench --loop`` measurement):
+the statistics and the terminal table.
 
-Every actor runs its loops at the same time, on a synthetic input of its session's
-shape and dtype, without reloading anything. Throughput in videos/s counts the views
-one call covers (batch x views per call) against the views a video needs.
+The loops run on every actor (at the same time on Ray: ``Runner.bench``), on a
+synthetic input of its session's shape and dtype, without reloading anything. Throughput in
+videos/s counts the views one call covers (batch x views per call) against the views a video
+needs.
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-
-def run_bench(actors: list, loops: int, use_ray: bool) -> dict:
-    """Run ``loops`` calls on every actor at once and summarize (see :func:`bench_stats`)."""
-    if use_ray:
-        import ray
-        reports = ray.get([a.bench.remote(loops) for a in actors])
-    else:
-        reports = [a.bench(loops) for a in actors]
-    return bench_stats(reports, loops)
 
 
 def bench_stats(reports: list[dict], loops: int) -> dict:

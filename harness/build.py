@@ -36,6 +36,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
+from harness import cli
 from harness import config as hcfg
 from harness.errors import BuildError, CheckpointError, ConfigError, HarnessError
 
@@ -331,16 +332,10 @@ def _input_stage(model, norm: hcfg.Normalization, input_dtype: str):
         def __init__(self) -> None:
             super().__init__()
             self.model = model
-            shape = (1, 1, 3, 1, 1, 1)
-            self.register_buffer("mean", torch.tensor(norm.mean, dtype=torch.float32).view(shape))
-            self.register_buffer("std", torch.tensor(norm.std, dtype=torch.float32).view(shape))
 
-        def forward(self, x):
+        def forward(self, x):   # x: [batch, views, 3, T, H, W]
             if input_dtype == "uint8":
-                x = x.float()
-                if norm.to_bgr:          # the reference flips RGB->BGR before subtracting the mean
-                    x = x.flip(2)
-                x = (x - self.mean) / self.std
+                x = norm.apply(x, channel_axis=2)
             return self.model(x)
 
     return InputStage().eval()
@@ -354,12 +349,7 @@ def _verification_input(plan: _Plan):
     pixels = rng.integers(0, 256, size=plan.input_shape, dtype=np.uint8)
     if plan.options.input_dtype == "uint8":
         return pixels
-    x = pixels.astype(np.float32)
-    if plan.norm.to_bgr:
-        x = x[:, :, ::-1]
-    mean = np.asarray(plan.norm.mean, np.float32).reshape(1, 1, 3, 1, 1, 1)
-    std = np.asarray(plan.norm.std, np.float32).reshape(1, 1, 3, 1, 1, 1)
-    return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
+    return np.ascontiguousarray(plan.norm.apply(pixels, channel_axis=2), dtype=np.float32)
 
 
 def _torch_reference(wrapped, x_np):
@@ -606,32 +596,22 @@ def _build_into(tmp: Path, plan: _Plan, unsafe_load_checkpoint: bool) -> dict:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m harness.build",
                                 description="Build (once) the verified ONNX / Ascend .om for a config.")
-    p.add_argument("--config", required=True, help="mmengine-style config (the harness's or the reference's)")
+    cli.add_config_arguments(p)
     p.add_argument("--checkpoint", help="the .pth to load (default: random weights, with a warning)")
-    p.add_argument("--unsafe-load-checkpoint", action="store_true",
-                   help="allow full unpickling of the checkpoint (trusted files only)")
-    p.add_argument("--build-dir", default="build", help="where artifacts live (default: build)")
-    p.add_argument("--input-dtype", choices=("uint8", "float32"))
-    p.add_argument("--batch", type=int)
-    p.add_argument("--views-per-call", type=int)
-    p.add_argument("--opset", type=int)
-    p.add_argument("--soc-version")
-    p.add_argument("--atc", help="path to the ATC executable (default: atc on PATH, if any)")
     p.add_argument("--require-om", action="store_true", help="fail unless an .om is produced")
-    p.add_argument("-v", "--verbose", action="store_true")
+    cli.add_build_arguments(p)
+    cli.add_verbosity_arguments(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    cli.setup_logging(args)
     try:
         artifact = build_artifact(
-            args.config, args.checkpoint, build_dir=args.build_dir, atc=args.atc,
-            require_om=args.require_om, unsafe_load_checkpoint=args.unsafe_load_checkpoint,
-            input_dtype=args.input_dtype, batch=args.batch, views_per_call=args.views_per_call,
-            opset=args.opset, soc_version=args.soc_version)
+            hcfg.load_config(args.config, args.cfg_options), args.checkpoint,
+            build_dir=args.build_dir, atc=args.atc, require_om=args.require_om,
+            unsafe_load_checkpoint=args.unsafe_load_checkpoint, **cli.build_overrides(args))
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -17,6 +17,8 @@ The harness's own options live in an optional ``harness`` section (see
 from __future__ import annotations
 
 import dataclasses
+import logging
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,32 +30,74 @@ CONFIG_DIR = REPO_DIR / "configs"
 LABEL_MAP_K400 = CONFIG_DIR / "label_map_k400.txt"
 
 _MISSING = object()
+_MISSING_OPTION = object()
+log = logging.getLogger(__name__)
 
 
-def load_config(path: str | Path):
+def resolve_config_path(path: str | Path) -> Path:
+    """The config file ``path`` names.
+
+    A bare name (no folder in it: ``swin_small_k400`` or ``swin_small_k400.py``) that is not a
+    file here resolves to the project's ``configs/``; anything with a folder in it is a path
+    and must exist, so a mistyped path is never replaced by a packaged config of the same name.
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    hint = f"give a path to an mmengine-style .py config, or the name of one in {CONFIG_DIR}"
+    if path.exists():
+        raise ConfigError(f"config {path} is not a file ({hint})")
+    if len(path.parts) == 1:
+        candidate = CONFIG_DIR / (path.name if path.suffix else path.name + ".py")
+        if candidate.is_file():
+            return candidate
+        known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.py")))
+        raise ConfigError(f"config file not found: {path} (not a file here, nor a config in"
+                          f" {CONFIG_DIR}: {known})")
+    raise ConfigError(f"config file not found: {path} ({hint})")
+
+
+def load_config(path: str | Path, cfg_options: dict | None = None):
     """Read a config file (with its ``_base_`` files) into an mmengine ``Config``.
 
-    ``path`` may also be the bare name of a file in the project's ``configs/``
-    folder (``swin_small_k400`` or ``swin_small_k400.py``).
+    ``path``: see :func:`resolve_config_path`. ``cfg_options`` are ``--cfg-options`` pairs
+    (dotted keys, list indices allowed, as mmaction2's tools take them), merged after reading.
     """
     from mmengine.config import Config  # imported here: decode workers never need it
 
-    path = Path(path)
-    if not path.exists():
-        candidate = CONFIG_DIR / (path.name if path.suffix else path.name + ".py")
-        if candidate.exists():
-            path = candidate
-        else:
-            raise ConfigError(
-                f"config file not found: {path} (give a path to an mmengine-style .py config,"
-                f" or the name of one in {CONFIG_DIR})"
-            )
+    path = resolve_config_path(path)
     try:
         cfg = Config.fromfile(str(path))
     except Exception as exc:  # mmengine raises many types for a bad file
-        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        raise ConfigError(f"cannot read config {path}: {describe_error(exc)}") from exc
+    if cfg_options:
+        added = [key for key in cfg_options if lookup(cfg, key, default=_MISSING_OPTION) is _MISSING_OPTION]
+        if added:  # mmengine adds unknown keys: a typo would change nothing, silently
+            log.warning("--cfg-options %s: not in %s, added as new key(s) (a typo?)",
+                        ", ".join(added), path.name)
+        try:
+            cfg.merge_from_dict(dict(cfg_options), allow_list_keys=True)
+        except Exception as exc:
+            raise ConfigError(f"cannot apply --cfg-options {_options_text(cfg_options)} to {path}:"
+                              f" {describe_error(exc)}") from exc
     cfg["_harness_config_path"] = str(path.resolve())
     return cfg
+
+
+def describe_error(exc: BaseException) -> str:
+    """``Type: message`` and, for an exception without a message (``assert``), where it was
+    raised: a config error must always name its cause."""
+    text = str(exc).strip()
+    name = type(exc).__name__
+    if text:
+        return f"{name}: {text}"
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    return f"{name} (no message){where}"
+
+
+def _options_text(options: dict) -> str:
+    return " ".join(f"{k}={v!r}" for k, v in options.items())
 
 
 def config_name(cfg) -> str:
@@ -62,7 +106,8 @@ def config_name(cfg) -> str:
 
 
 def lookup(cfg, dotted: str, default: Any = _MISSING) -> Any:
-    """Return ``cfg[a][b][c]`` for ``dotted='a.b.c'``; a missing key raises ConfigError."""
+    """Return ``cfg[a][b][c]`` for ``dotted='a.b.c'`` (a number indexes a list); a missing key
+    raises ConfigError, or returns ``default`` when given."""
     node: Any = cfg
     for i, part in enumerate(dotted.split(".")):
         if isinstance(node, dict) and part in node:
@@ -70,6 +115,9 @@ def lookup(cfg, dotted: str, default: Any = _MISSING) -> Any:
             continue
         if hasattr(node, "keys") and part in node.keys():
             node = node[part]
+            continue
+        if isinstance(node, (list, tuple)) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
             continue
         if default is not _MISSING:
             return default
@@ -159,6 +207,34 @@ class Normalization:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     to_bgr: bool = False
+
+    def apply(self, x, channel_axis: int):
+        """``x`` (uint8 or float; a NumPy array or a torch tensor) -> normalized float32.
+
+        ``channel_axis`` is the RGB axis of ``x`` (negative counts from the end). The one
+        place the reference's Normalize is computed: the build's graph, the inference actor
+        (float32 sessions) and the demo's training all call this. As mmcv does, ``to_bgr``
+        flips the channels before the (BGR-ordered) mean is subtracted.
+        """
+        shape = [1] * x.ndim
+        shape[channel_axis] = 3
+        if type(x).__module__.startswith("torch"):  # no torch import here: decode workers
+            import torch
+
+            x = x.to(torch.float32)
+            if self.to_bgr:
+                x = x.flip(channel_axis)
+            mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(shape)
+            std = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(shape)
+            return (x - mean) / std
+        import numpy as np
+
+        x = np.asarray(x, dtype=np.float32)
+        if self.to_bgr:
+            x = np.flip(x, channel_axis)
+        mean = np.asarray(self.mean, np.float32).reshape(shape)
+        std = np.asarray(self.std, np.float32).reshape(shape)
+        return (x - mean) / std
 
 
 def normalization(cfg) -> Normalization:
@@ -262,3 +338,18 @@ def harness_options(cfg, **overrides: Any) -> HarnessOptions:
         raise ConfigError(f"config key 'harness.sampling' is {sampling!r};"
                           " use 'reference' or 'mmaction2-1.x'")
     return HarnessOptions(build=options, sampling=sampling, label_map=section.get("label_map"))
+
+
+def evaluation_digest(cfg) -> str:
+    """sha256 of what in the config determines a video's scores: the model section, the test
+    pipeline, the sampling formula, the normalization and the averaging of views. Not the
+    file's path, so an edited file (or ``--cfg-options``) is a different job for resume."""
+    import hashlib
+    import json
+
+    content = {"model": model_section(cfg), "pipeline": test_pipeline(cfg),
+               "sampling": harness_options(cfg).sampling,
+               "normalization": dataclasses.asdict(normalization(cfg)),
+               "average_clips": average_clips(cfg)}
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()

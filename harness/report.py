@@ -1,6 +1,6 @@
 """report.html: one self-contained page per run (inline CSS and SVG, no scripts, no network).
 
-Reads what a run leaves in its work dir (summary.json, predictions.parquet) and draws:
+Drawn from a run's summary and the predictions rows it was computed from:
 headline metrics, per-class accuracy (worst and best classes when there are many),
 top confusions, throughput over time per device, failures with reasons, benchmark loops.
 """
@@ -8,7 +8,6 @@ top confusions, throughput over time per device, failures with reasons, benchmar
 from __future__ import annotations
 
 import html
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,15 +26,6 @@ def _fmt(value: Any, digits: int = 4) -> str:
     if isinstance(value, float):
         return "n/a" if np.isnan(value) else f"{value:.{digits}g}" if abs(value) >= 10 else f"{value:.{digits}f}"
     return _esc(value)
-
-
-def _read_predictions(work_dir: Path) -> list[dict]:
-    path = work_dir / "predictions.parquet"
-    if not path.exists():
-        return []
-    import pyarrow.parquet as pq
-
-    return pq.read_table(path).to_pylist()
 
 
 def per_class_accuracy(rows: Sequence[dict]) -> dict[int, tuple[int, int]]:
@@ -190,11 +180,13 @@ svg.chart text{{font-size:11px;fill:#333}} .legend{{font-size:.9em}} .meta{{colo
 """
 
 
-def write_report(work_dir: str | Path, class_names: Sequence[str] = ()) -> Path:
-    """Write ``<work_dir>/report.html`` from the run's summary and predictions; return its path."""
+def write_report(work_dir: str | Path, summary: dict, rows: Sequence[dict],
+                 class_names: Sequence[str] = ()) -> Path:
+    """Write ``<work_dir>/report.html`` from the run's summary and the rows it was computed
+    from (``results.job_table``: the report never reads other rows than the summary); return
+    its path."""
     work_dir = Path(work_dir)
-    summary = json.loads((work_dir / "summary.json").read_text())
-    page = render_report(summary, _read_predictions(work_dir), class_names)
+    page = render_report(summary, rows, class_names)
     path = work_dir / "report.html"
     tmp = path.with_suffix(".html.tmp")
     tmp.write_text(page, encoding="utf-8")

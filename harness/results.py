@@ -52,13 +52,14 @@ class RunIdentity:
     list_length: int
     data_prefix: str
     backend: str
-    config: str
+    config_digest: str      # harness.config.evaluation_digest: the content, not the path
 
     @staticmethod
     def for_list(ann_file: str | Path, entries_count: int, *, artifact_hash: str, data_prefix: str,
-                 backend: str, config: str) -> "RunIdentity":
+                 backend: str, config_digest: str) -> "RunIdentity":
         digest = hashlib.sha256(Path(ann_file).read_bytes()).hexdigest()
-        return RunIdentity(artifact_hash, digest, entries_count, str(data_prefix), backend, config)
+        return RunIdentity(artifact_hash, digest, entries_count, str(data_prefix), backend,
+                           config_digest)
 
 
 def prepare_work_dir(work_dir: str | Path, identity: RunIdentity, overwrite: bool = False) -> bool:
@@ -154,6 +155,18 @@ def read_predictions(work_dir: str | Path) -> pa.Table:
     indices = table.column("index").to_numpy()
     _, first = np.unique(indices, return_index=True)  # sorted by index, first occurrence
     return table.take(pa.array(first))
+
+
+def job_table(work_dir: str | Path, limit: int | None = None) -> pa.Table:
+    """The rows of this job: one per index, and with ``--limit K`` only the first K list
+    entries (an earlier, longer run of the same job may have recorded more). Summary and
+    report are both made from this table."""
+    table = read_predictions(work_dir)
+    if limit is not None:
+        import pyarrow.compute as pc
+
+        table = table.filter(pc.less(table.column("index"), limit))
+    return table
 
 
 def done_indices(work_dir: str | Path) -> set[int]:

@@ -10,7 +10,7 @@ import pytest
 from harness.backends import ModelSpec, dtype_of, open_session
 from harness.data import ViewDecoder
 from harness.errors import DeviceError
-from harness.pipeline import DecodeWorker, InferenceActor, call_layout
+from harness.stages import DecodeWorker, InferenceActor, call_layout
 from pipeline_support import CONFIG, shared_inputs, use_fake_aclruntime
 
 
@@ -27,17 +27,12 @@ def views(inputs):
     return decoder(str(path))
 
 
-def spec_for(artifact, backend: str, model_file) -> ModelSpec:
-    m = artifact.manifest
-    n = m["normalization"]
-    return ModelSpec(backend=backend, path=str(model_file), views_per_video=m["views_per_video"],
-                     average_clips=m["average_clips"], mean=tuple(n["mean"]), std=tuple(n["std"]),
-                     to_bgr=n["to_bgr"], num_classes=m["num_classes"], identity=m["hash"],
-                     config_path=str(CONFIG))
+def spec_for(artifact, backend: str) -> ModelSpec:
+    return ModelSpec.from_artifact(artifact.directory, backend)
 
 
 def test_onnxruntime_session_reports_the_models_input(inputs):
-    session = open_session("onnxruntime", inputs.artifact, "cpu", 0, threads=1)
+    session = open_session(spec_for(inputs.artifact, "onnxruntime"), "cpu", 0, threads=1)
     manifest = inputs.artifact.manifest
     assert session.input_name == manifest["input"]["name"]
     assert list(session.input_shape) == manifest["input"]["shape"]
@@ -49,8 +44,8 @@ def test_onnxruntime_session_reports_the_models_input(inputs):
 
 def test_om_session_through_fake_aclruntime_matches_onnxruntime(inputs, views):
     use_fake_aclruntime()
-    om = open_session("om", inputs.artifact, "npu", 0)
-    ort = open_session("onnxruntime", inputs.artifact, "cpu", 0)
+    om = open_session(spec_for(inputs.artifact, "om"), "npu", 0)
+    ort = open_session(spec_for(inputs.artifact, "onnxruntime"), "cpu", 0)
     x = views[None]
     assert om.input_dtype == np.uint8 and om.device == "npu:0"
     np.testing.assert_allclose(om.run(x), ort.run(x), atol=1e-6)
@@ -59,16 +54,16 @@ def test_om_session_through_fake_aclruntime_matches_onnxruntime(inputs, views):
 def test_missing_aclruntime_says_how_to_install_it(inputs, monkeypatch):
     monkeypatch.setitem(sys.modules, "aclruntime", None)  # import fails
     with pytest.raises(DeviceError, match="set_env.sh.*aclruntime"):
-        open_session("om", inputs.artifact, "npu", 0)
+        open_session(spec_for(inputs.artifact, "om"), "npu", 0)
 
 
 def test_float32_session_gets_host_normalized_views_in_several_calls(inputs, views):
     """An .om like the Ascend guide's (float32 input, fewer views per call) scores the same."""
     use_fake_aclruntime()
-    uint8_actor = InferenceActor(spec_for(inputs.artifact, "onnxruntime", inputs.artifact.onnx_path),
+    uint8_actor = InferenceActor(spec_for(inputs.artifact, "onnxruntime"),
                                  "cpu", metrics=False)
     f32 = inputs.artifact_f32
-    f32_actor = InferenceActor(spec_for(f32, "om", f32.om_path), "npu", metrics=False)
+    f32_actor = InferenceActor(spec_for(f32, "om"), "npu", metrics=False)
     assert f32_actor.session.input_dtype == np.float32
     assert f32_actor.describe()["views_per_call"] == 2          # 6 views -> 3 calls
     a = uint8_actor.infer(0, views)["scores"]
@@ -78,17 +73,16 @@ def test_float32_session_gets_host_normalized_views_in_several_calls(inputs, vie
 
 
 def test_torch_session_matches_the_exported_model(inputs, views):
-    import dataclasses
-    spec = spec_for(inputs.artifact, "torch", inputs.artifact.onnx_path)
-    spec = dataclasses.replace(spec, path=None, checkpoint=str(inputs.checkpoint))
+    from harness.config import load_config
+    spec = ModelSpec.from_checkpoint(load_config(CONFIG), inputs.checkpoint)
     torch_actor = InferenceActor(spec, "cpu", metrics=False)
-    ort_actor = InferenceActor(spec_for(inputs.artifact, "onnxruntime", inputs.artifact.onnx_path),
+    ort_actor = InferenceActor(spec_for(inputs.artifact, "onnxruntime"),
                                "cpu", metrics=False)
     np.testing.assert_allclose(torch_actor.logits(views), ort_actor.logits(views), atol=1e-4)
 
 
 def test_bench_times_the_requested_loops(inputs):
-    actor = InferenceActor(spec_for(inputs.artifact, "onnxruntime", inputs.artifact.onnx_path),
+    actor = InferenceActor(spec_for(inputs.artifact, "onnxruntime"),
                            "cpu", metrics=False)
     report = actor.bench(3)
     assert len(report["latencies_ms"]) == 3 and all(t > 0 for t in report["latencies_ms"])
@@ -111,3 +105,44 @@ def test_call_layout_and_dtype_names():
     assert dtype_of("tensor(float)") == np.float32
     assert dtype_of("dtype.uint8") == np.uint8
     assert dtype_of(0) == np.float32
+
+
+def test_a_model_file_in_its_artifact_directory_is_described_by_the_manifest(inputs):
+    from harness.config import load_config
+
+    f32 = inputs.artifact_f32
+    spec = ModelSpec.from_model_file(f32.om_path, "om", load_config(CONFIG))
+    assert spec == ModelSpec.from_artifact(f32.directory, "om")
+    assert spec.identity == f32.manifest["hash"] and spec.manifest_path.endswith("manifest.json")
+
+
+def test_a_model_file_elsewhere_is_described_by_the_config(inputs, tmp_path):
+    import hashlib
+    import shutil
+
+    from harness.config import load_config, normalization
+
+    copy = tmp_path / "guide.om"
+    shutil.copy(inputs.artifact_f32.om_path, copy)
+    cfg = load_config(CONFIG)
+    spec = ModelSpec.from_model_file(copy, "om", cfg)
+    assert spec.path == str(copy) and spec.manifest_path is None
+    assert spec.identity == hashlib.sha256(copy.read_bytes()).hexdigest()
+    assert (spec.views_per_video, spec.num_classes, spec.average_clips) == (6, 8, "prob")
+    assert spec.norm == normalization(cfg)
+
+
+def test_an_artifact_without_an_om_says_how_to_get_one(inputs, tmp_path):
+    import json
+    import shutil
+
+    from harness.errors import ConfigError
+
+    onnx_only = tmp_path / "art"
+    shutil.copytree(inputs.artifact.directory, onnx_only)
+    manifest = json.loads((onnx_only / "manifest.json").read_text())
+    manifest["om"] = None
+    (onnx_only / "manifest.json").write_text(json.dumps(manifest))
+    assert ModelSpec.from_artifact(onnx_only, "onnxruntime").path == str(onnx_only / "model.onnx")
+    with pytest.raises(ConfigError, match="no .om file.*set_env.sh"):
+        ModelSpec.from_artifact(onnx_only, "om")

@@ -116,3 +116,41 @@ def test_missing_or_unreadable_file(tmp_path):
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot read"):
         load_checkpoint(tiny_model(seed=0), junk)
+
+
+def _rename_globals(path, old: bytes, new: bytes) -> None:
+    """Rewrite the module names in a torch checkpoint's pickle (as if saved by another NumPy)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as src:
+        items = [(info, src.read(info.filename)) for info in src.infolist()]
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as out:
+        for info, data in items:
+            out.writestr(info, data.replace(old, new) if info.filename.endswith("data.pkl") else data)
+
+
+@pytest.mark.parametrize("numpy_module", ["numpy._core", "numpy.core"])   # NumPy 2.x, 1.x pickles
+def test_mmcv_style_meta_with_numpy_scalars_loads_weights_only(tmp_path, numpy_module):
+    import numpy as np
+
+    source = tiny_model(seed=0)
+    path = tmp_path / "mmcv_style.pth"
+    meta = {"epoch": 30, "iter": 12000, "mmcv_version": "1.3.1", "time": "Fri Apr  9 2021",
+            "hook_msgs": {"best_score": np.float64(0.806), "best_ckpt": "epoch_30.pth",
+                          "last_ckpt": "epoch_30.pth"},
+            "dtype": np.dtype("float32"), "steps": np.int64(7)}
+    torch.save({"state_dict": source.state_dict(), "meta": meta}, path)
+    _rename_globals(path, b"numpy._core.multiarray", numpy_module.encode() + b".multiarray")
+    assert f"{numpy_module}.multiarray.scalar" in torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    target = tiny_model(seed=1)
+    load_checkpoint(target, path)                       # no unsafe flag
+    torch.testing.assert_close(logits(target), logits(source), atol=0, rtol=0)
+
+
+def test_numpy_arrays_in_the_meta_still_need_the_opt_in(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "with_array.pth"
+    torch.save({"state_dict": tiny_model(seed=0).state_dict(), "meta": {"curve": np.arange(3.0)}}, path)
+    with pytest.raises(CheckpointError, match="needs full unpickling.*_reconstruct"):
+        load_checkpoint(tiny_model(seed=1), path)

@@ -1,5 +1,6 @@
 """Configs: the harness's own, the reference repository's form (with _base_), and errors."""
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,80 @@ def test_tiny_config_geometry():
 def test_missing_file_names_it(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         config.load_config(tmp_path / "nope.py")
+
+
+def test_a_mistyped_path_never_falls_back_to_a_packaged_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)                     # no configs/ here
+    for typo in ("config/swin_tiny_test.py", "configs/swin_tiny_test.p", str(tmp_path / "swin_tiny_test.py")):
+        with pytest.raises(ConfigError, match="config file not found"):
+            config.load_config(typo)
+    # a bare name (no folder) resolves to the project's configs/, with or without .py
+    for bare in ("swin_tiny_test", "swin_tiny_test.py"):
+        found = config.load_config(bare)["_harness_config_path"]
+        assert found == str(config.CONFIG_DIR / "swin_tiny_test.py")
+    with pytest.raises(ConfigError, match="nor a config in .*swin_small_k400"):
+        config.load_config("swin_tiny_tset")       # and a wrong bare name lists the known ones
+
+
+def test_a_config_error_always_names_its_cause(tmp_path):
+    path = tmp_path / "asserts.py"
+    path.write_text("x = 1\nassert x == 2\n")          # AssertionError() has no message
+    with pytest.raises(ConfigError) as info:
+        config.load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"cannot read config {path}: AssertionError")
+    assert not message.rstrip().endswith(":")
+    path.write_text("x = [1,\n")
+    with pytest.raises(ConfigError, match="SyntaxError"):
+        config.load_config(path)
+
+
+def test_cfg_options_override_keys_and_list_items():
+    cfg = config.load_config("swin_tiny_test", {"harness.build.views_per_call": 3,
+                                                "harness.sampling": "mmaction2-1.x",
+                                                "data.test.pipeline.1.num_clips": 4})
+    assert config.harness_options(cfg).build.views_per_call == 3
+    assert config.harness_options(cfg).sampling == "mmaction2-1.x"
+    assert config.clip_geometry(cfg).views == 12            # 4 clips x 3 crops
+    with pytest.raises(ConfigError, match="cfg-options.*data.test.pipeline.99.*Index 99 exceeds"):
+        config.load_config("swin_tiny_test", {"data.test.pipeline.99.num_clips": 4})
+
+
+def test_cfg_options_that_add_a_key_are_warned_about(caplog):
+    with caplog.at_level(logging.WARNING, logger="harness.config"):
+        config.load_config("swin_tiny_test", {"data.test.pipeline.1.num_clips": 4})
+    assert caplog.records == []                              # an existing key: silent
+    with caplog.at_level(logging.WARNING, logger="harness.config"):
+        config.load_config("swin_tiny_test", {"data.test.pipelin.1.num_clips": 4})
+    assert "data.test.pipelin.1.num_clips: not in swin_tiny_test.py" in caplog.text
+
+
+def test_evaluation_digest_follows_content_not_path(tmp_path):
+    base = config.load_config("swin_tiny_test")
+    copy = tmp_path / "elsewhere.py"
+    copy.write_text((config.CONFIG_DIR / "swin_tiny_test.py").read_text())
+    assert config.evaluation_digest(config.load_config(copy)) == config.evaluation_digest(base)
+    for change in ({"harness.sampling": "mmaction2-1.x"}, {"data.test.pipeline.3.scale": (-1, 72)},
+                   {"img_norm_cfg.mean": [0, 0, 0], "data.test.pipeline.6.mean": [0, 0, 0]}):
+        assert config.evaluation_digest(config.load_config("swin_tiny_test", change)) != \
+            config.evaluation_digest(base), change
+
+
+def test_normalization_matches_hand_computed_values_for_numpy_and_torch():
+    import numpy as np
+    import torch
+
+    norm = config.Normalization(mean=(10.0, 20.0, 30.0), std=(2.0, 4.0, 5.0))
+    x = np.array([[[[50]]], [[[100]]], [[[200]]]], dtype=np.uint8)            # (3, 1, 1, 1): R, G, B
+    expected = [(50 - 10) / 2, (100 - 20) / 4, (200 - 30) / 5]
+    assert norm.apply(x, channel_axis=0).ravel().tolist() == expected
+    assert norm.apply(torch.from_numpy(x), channel_axis=0).flatten().tolist() == expected
+    # to_bgr flips the channels first, then the mean (in BGR order) is subtracted (mmcv's order)
+    bgr = config.Normalization(mean=(10.0, 20.0, 30.0), std=(2.0, 4.0, 5.0), to_bgr=True)
+    flipped = [(200 - 10) / 2, (100 - 20) / 4, (50 - 30) / 5]
+    batch = np.broadcast_to(x.reshape(1, 3, 1), (2, 3, 2))                   # channel axis 1 of 3
+    assert bgr.apply(batch, channel_axis=1)[1, :, 0].tolist() == flipped
+    assert bgr.apply(torch.from_numpy(batch.copy()), channel_axis=-2)[1, :, 1].tolist() == flipped
 
 
 def test_missing_model_key_is_named(tmp_path):

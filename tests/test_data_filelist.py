@@ -48,12 +48,16 @@ def test_missing_video_is_not_a_list_error(tmp_path):
     assert len(read_list(write(tmp_path, "gone.mp4 0\n"), tmp_path)) == 1
 
 
-def test_duplicates_are_reported(tmp_path, caplog):
-    path = write(tmp_path, "a.mp4 1\nb.mp4 1\na.mp4 1\n")
+def test_duplicates_are_summarized_in_one_warning(tmp_path, caplog):
+    lines = [f"v{i}.mp4 1" for i in range(10)] * 3          # 20 duplicates
+    path = write(tmp_path, "\n".join(lines) + "\n")
     with caplog.at_level(logging.WARNING, logger="harness.data.filelist"):
         entries = read_list(path, "v")
-    assert len(entries) == 3
-    assert any(f"{path}:3" in r.getMessage() and "duplicate" in r.getMessage() for r in caplog.records)
+    assert len(entries) == 30                                 # each duplicate is still evaluated
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1, warnings
+    assert "20 duplicate entries" in warnings[0]
+    assert "line 11 repeats line 1 (v0.mp4)" in warnings[0] and "and 17 more" in warnings[0]
 
 
 def test_label_map(tmp_path):

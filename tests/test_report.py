@@ -1,12 +1,10 @@
-"""report.html: content from a run's files, and rendering in a real headless browser."""
+"""report.html: what it shows for hand-made rows with known counts, and rendering in a real
+headless browser."""
 
-import json
+import re
 import shutil
-from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from harness.report import per_class_accuracy, top_confusions, write_report
@@ -14,59 +12,76 @@ from harness.report import per_class_accuracy, top_confusions, write_report
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def _fake_run(work_dir: Path, classes: int = 5, videos: int = 40) -> list[str]:
-    """A work dir shaped like a run's: summary.json and a predictions dataset."""
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(videos):
-        label = i % classes
-        failed = i in (7, 13)
-        pred = label if rng.random() < 0.7 else (label + 1) % classes
-        top5 = [pred] + [c for c in range(classes) if c != pred][:4]
-        rows.append(dict(index=i, path=f"v/{i}.mp4", label=label,
-                         status="failed" if failed else "ok",
-                         error="decode failed" if failed else None,
-                         scores=None if failed else [0.1] * classes, top5=None if failed else top5,
-                         device=f"cpu:{i % 2}", node="n1", finished_at=1.7e9 + 0.1 * i))
-    (work_dir / "predictions.parquet").mkdir(parents=True)
-    pq.write_table(pa.Table.from_pylist(rows), work_dir / "predictions.parquet" / "part-00000.parquet")
-    summary = dict(top1=0.7, top5=1.0, mean_class_accuracy=0.69, videos_total=videos,
-                   videos_ok=videos - 2, videos_failed=2, failures={"decode failed": 2},
-                   wall_s=4.0, throughput_videos_per_s=10.0, backend="onnxruntime",
-                   devices=[dict(kind="cpu", id="0", node="n1", videos=19)],
-                   artifact=dict(hash="abc123", manifest="build/x/manifest.json"),
-                   bench=dict(devices=[dict(device="cpu:0", mean_ms=5.0, p50_ms=5.0, p99_ms=6.0,
-                                            throughput_videos_per_s=200.0)],
-                              aggregate_videos_per_s=200.0, pipeline_efficiency=0.05))
-    (work_dir / "summary.json").write_text(json.dumps(summary))
-    return [f"class {chr(97 + c)} (sport)" for c in range(classes)]
+def _summary(videos: int, failed: int) -> dict:
+    return dict(top1=0.7, top5=1.0, mean_class_accuracy=0.69, videos_total=videos,
+                videos_ok=videos - failed, videos_failed=failed, failures={"decode failed": failed},
+                wall_s=4.0, throughput_videos_per_s=10.0, backend="onnxruntime",
+                devices=[dict(kind="cpu", id="0", node="n1", videos=19)],
+                artifact=dict(hash="abc123", manifest="build/x/manifest.json"),
+                bench=dict(devices=[dict(device="cpu:0", mean_ms=5.0, p50_ms=5.0, p99_ms=6.0,
+                                         throughput_videos_per_s=200.0)],
+                           aggregate_videos_per_s=200.0, pipeline_efficiency=0.05))
 
 
-def test_report_content(tmp_path):
-    names = _fake_run(tmp_path)
-    page = write_report(tmp_path, names).read_text()
-    rows = pq.read_table(tmp_path / "predictions.parquet").to_pylist()
-    accuracy = per_class_accuracy(rows)
-    assert sum(n for _, n in accuracy.values()) == 38  # failed videos are not scored
-    confusions = top_confusions(rows)
-    assert all(t != p for t, p, _ in confusions)
-    assert "class a (sport)" in page                       # names escaped, not dropped
-    assert "decode failed" in page and "v/7.mp4" in page  # failures listed with reasons
-    assert "cpu:0: 20 videos" in page and "cpu:1: 18 videos" in page  # ok videos, a line per device
+def _row(i: int, label: int, pred: int | None, classes: int, device: str = "cpu:0") -> dict:
+    """A predictions row: ``pred`` None is a failed video."""
+    top5 = None if pred is None else [pred] + [c for c in range(classes) if c != pred][:4]
+    return dict(index=i, path=f"v/{i}.mp4", label=label, status="failed" if pred is None else "ok",
+                error="decode failed" if pred is None else None,
+                scores=None if pred is None else [0.1] * classes, top5=top5, device=device,
+                node="n1", finished_at=1.7e9 + 0.1 * i)
+
+
+# (label, top-1 prediction) pairs with known counts; None: the video failed.
+# class 0: 4 videos, 3 right, 1 taken for class 1; class 1: 3 videos, 1 right, 2 taken for 2;
+# class 2: 3 videos, 0 right, 3 taken for 0; plus 2 failures.
+PAIRS = ([(0, 0)] * 3 + [(0, 1)] + [(1, 1)] + [(1, 2)] * 2 + [(2, 0)] * 3 + [(0, None), (1, None)])
+NAMES = ["class a (sport)", "class b (sport)", "class c (sport)"]
+
+
+def _rows(classes: int = 3) -> list[dict]:
+    return [_row(i, label, pred, classes, device=f"cpu:{i % 2}") for i, (label, pred) in enumerate(PAIRS)]
+
+
+def test_per_class_accuracy_and_confusions_from_hand_counted_rows():
+    rows = _rows()
+    assert per_class_accuracy(rows) == {0: (3, 4), 1: (1, 3), 2: (0, 3)}   # failures not scored
+    assert top_confusions(rows) == [(2, 0, 3), (1, 2, 2), (0, 1, 1)]
+
+
+def test_report_renders_the_confusion_counts_and_failures(tmp_path):
+    page = write_report(tmp_path, _summary(len(PAIRS), 2), _rows(), NAMES).read_text()
+    confusions = page.split("<h2>Top confusions</h2>")[1].split("<h2>")[0]
+    cells = re.findall(r"<tr><td>(.*?)</td><td>(.*?)</td><td>(.*?)</td></tr>", confusions)
+    assert cells == [("class c (sport)", "class a (sport)", "3"),
+                     ("class b (sport)", "class c (sport)", "2"),
+                     ("class a (sport)", "class b (sport)", "1")]
+    classes = page.split("<h2>Per-class top-1 accuracy</h2>")[1].split("<h2>")[0]
+    assert ">0.75 (4)<" in classes and ">0.33 (3)<" in classes and ">0.00 (3)<" in classes
+    assert "decode failed" in page and "v/10.mp4" in page and "v/11.mp4" in page
+    # ok videos per device: even indices on cpu:0 (0,2,4,6,8), odd on cpu:1 (1,3,5,7,9)
+    assert "cpu:0: 5 videos" in page and "cpu:1: 5 videos" in page
     assert "<script" not in page and "http" not in page.replace("http-equiv", "")  # self-contained
 
 
+def test_the_report_shows_only_the_rows_it_is_given(tmp_path):
+    """The caller passes the rows the summary was made from (e.g. --limit): nothing else."""
+    page = write_report(tmp_path, _summary(4, 0), _rows()[:4], NAMES).read_text()
+    confusions = page.split("<h2>Top confusions</h2>")[1].split("<h2>")[0]
+    assert re.findall(r"<tr><td>(.*?)</td><td>(.*?)</td><td>(.*?)</td></tr>", confusions) == [
+        ("class a (sport)", "class b (sport)", "1")]
+
+
 def test_many_classes_show_worst_and_best(tmp_path):
-    names = _fake_run(tmp_path, classes=400, videos=800)
-    page = write_report(tmp_path, names).read_text()
+    rows = [_row(i, i % 400, (i + i // 400) % 400, 400) for i in range(800)]
+    page = write_report(tmp_path, _summary(800, 0), rows, [f"c{k}" for k in range(400)]).read_text()
     assert "400 classes: the 15 worst and the 15 best" in page
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
 def test_report_renders_in_headless_chromium(tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
-    names = _fake_run(tmp_path)
-    report = write_report(tmp_path, names)
+    report = write_report(tmp_path, _summary(len(PAIRS), 2), _rows(), NAMES)
     problems: list[str] = []
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[

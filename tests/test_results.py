@@ -10,13 +10,12 @@ import pytest
 
 from harness import results
 from harness.errors import ConfigError
-from harness.pipeline import VideoResult
-from harness.scores import mean_class_accuracy, top_k_accuracy
+from harness.stages import VideoResult
 
 
 def _identity(**changes) -> results.RunIdentity:
     base = dict(artifact_hash="a" * 64, list_sha256="b" * 64, list_length=10, data_prefix="/data",
-                backend="onnxruntime", config="cfg.py")
+                backend="onnxruntime", config_digest="c" * 64)
     base.update(changes)
     return results.RunIdentity(**base)
 
@@ -67,26 +66,52 @@ def test_same_identity_resumes_and_another_is_refused(tmp_path):
     assert json.loads((tmp_path / results.RUN_FILE).read_text())["list_length"] == 11
 
 
+# Five scored videos over six classes, with their metrics worked out by hand:
+# top-1 hits v0, v3 -> 2/5; the label is in the top 5 except for v2 (its lowest score) -> 4/5;
+# per class: 0 -> 1/1, 1 -> 1/2 (v1 miss, v3 hit), 2 -> 0/1, 5 -> 0/1 -> mean 0.375.
+HAND = [  # (label, scores)
+    (0, [0.90, 0.02, 0.02, 0.02, 0.02, 0.02]),
+    (1, [0.50, 0.30, 0.10, 0.05, 0.03, 0.02]),
+    (5, [0.30, 0.25, 0.20, 0.15, 0.10, 0.00]),
+    (1, [0.10, 0.60, 0.10, 0.10, 0.05, 0.05]),
+    (2, [0.12, 0.11, 0.10, 0.60, 0.05, 0.02]),
+]
+
+
 def test_summary_metrics_over_ok_videos_and_failures_by_reason(tmp_path):
-    rng = np.random.default_rng(1)
-    scores = rng.random((12, 6)).astype(np.float32)
-    labels = rng.integers(0, 6, 12)
-    writer = results.ResultWriter(tmp_path, batch_size=5)
-    for i in range(12):
-        writer.add(_ok(i, int(labels[i]), scores[i]))
-    writer.add(VideoResult(12, "a.mp4", 0, "failed", "empty", "a.mp4: empty"))
-    writer.add(VideoResult(13, "b.mp4", 0, "failed", "empty", "b.mp4: empty"))
-    writer.add(VideoResult(14, "c.mp4", 0, "failed", "worker died", "c.mp4: died"))
+    writer = results.ResultWriter(tmp_path, batch_size=2)
+    for i, (label, scores) in enumerate(HAND):
+        writer.add(_ok(i, label, scores))
+    writer.add(VideoResult(5, "a.mp4", 0, "failed", "empty", "a.mp4: empty"))
+    writer.add(VideoResult(6, "b.mp4", 0, "failed", "empty", "b.mp4: empty"))
+    writer.add(VideoResult(7, "c.mp4", 0, "failed", "worker died", "c.mp4: died"))
     writer.close()
-    summary = results.summarize(results.read_predictions(tmp_path), wall_s=3.0, processed=15,
+    summary = results.summarize(results.read_predictions(tmp_path), wall_s=4.0, processed=8,
                                 backend="om", artifact={"manifest": "m.json", "hash": "h"})
-    assert summary["top1"] == pytest.approx(top_k_accuracy(scores, labels, 1))
-    assert summary["top5"] == pytest.approx(top_k_accuracy(scores, labels, 5))
-    assert summary["mean_class_accuracy"] == pytest.approx(mean_class_accuracy(scores, labels))
-    assert (summary["videos_total"], summary["videos_ok"], summary["videos_failed"]) == (15, 12, 3)
+    assert summary["top1"] == pytest.approx(0.4)
+    assert summary["top5"] == pytest.approx(0.8)
+    assert summary["mean_class_accuracy"] == pytest.approx(0.375)
+    assert (summary["videos_total"], summary["videos_ok"], summary["videos_failed"]) == (8, 5, 3)
     assert summary["failures"] == {"empty": 2, "worker died": 1}
-    assert [f["index"] for f in summary["failed"]] == [12, 13, 14]
-    assert summary["throughput_videos_per_s"] == pytest.approx(5.0)
-    assert summary["devices"] == [{"kind": "npu", "id": "1", "node": "host", "videos": 12}]
+    assert [f["index"] for f in summary["failed"]] == [5, 6, 7]
+    assert summary["throughput_videos_per_s"] == pytest.approx(2.0)
+    assert summary["devices"] == [{"kind": "npu", "id": "1", "node": "host", "videos": 5}]
     path = results.write_summary(tmp_path, summary)
     assert json.loads(path.read_text())["artifact"]["hash"] == "h"
+
+
+def test_job_table_keeps_one_row_per_index_and_the_limit(tmp_path):
+    for _ in range(2):                                      # index 1 recorded twice
+        writer = results.ResultWriter(tmp_path, batch_size=10)
+        for i in (0, 1):
+            writer.add(_ok(i, 0, [0.9, 0.1]))
+        writer.close()
+    writer = results.ResultWriter(tmp_path)
+    for i in (2, 3):
+        writer.add(_ok(i, 1, [0.9, 0.1]))                  # both wrong
+    writer.close()
+    assert results.job_table(tmp_path).column("index").to_pylist() == [0, 1, 2, 3]
+    limited = results.job_table(tmp_path, limit=2)
+    assert limited.column("index").to_pylist() == [0, 1]
+    summary = results.summarize(limited, wall_s=1.0, processed=2, backend="om", artifact={})
+    assert summary["videos_total"] == 2 and summary["top1"] == 1.0

@@ -177,15 +177,12 @@ def test_resume_after_the_driver_is_killed(inputs, cluster, tmp_path):
 def test_decode_workers_never_import_torch(inputs, cluster):
     import ray
 
+    from harness.backends import ModelSpec
+    from harness.cluster import DevicePlan, start_actors
     from harness.config import load_config
     from harness.data import ViewDecoder
-    from harness.pipeline import DevicePlan, start_actors
-    from harness.run import _spec_from_manifest
 
-    spec, _ = _spec_from_manifest(inputs.artifact.manifest, inputs.artifact.directory / "manifest.json",
-                                  str(inputs.artifact.onnx_path),
-                                  dict(backend="onnxruntime", average_clips="prob", mean=(0, 0, 0),
-                                       std=(1, 1, 1), to_bgr=False, num_classes=8, config_path=None))
+    spec = ModelSpec.from_artifact(inputs.artifact.directory, "onnxruntime")
     decoder = ViewDecoder.from_config(load_config(CONFIG))
     actors, decoders, _ = start_actors(spec, DevicePlan("cpu", 1), decoder, 1)
     try:

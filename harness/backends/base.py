@@ -1,24 +1,30 @@
-"""One small session interface over the inference runtimes (om, onnxruntime, torch).
+"""What every backend shares: the ``Session`` interface, the ``ModelSpec`` an actor opens,
+and runtime type names.
 
 A :class:`Session` owns one loaded model on one device and runs one call at a time.
 It reports the input it wants (name, shape, dtype) as read from the loaded model
 itself, so a prebuilt .om with float32 input works as well as the harness's own
 uint8 artifact: the caller (the inference actor) normalizes on the host when the
-session wants float32. Runtimes are imported lazily, inside ``open_session``.
+session wants float32. This module imports no backend; ``harness.backends.open_session``
+picks one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from harness.config import Normalization
 from harness.errors import ConfigError
 
 BACKENDS = ("om", "onnxruntime", "torch")
 DEVICE_KINDS = ("npu", "gpu", "cpu")
+_MODEL_FILE_KEY = {"om": "om", "onnxruntime": "onnx"}   # backend -> manifest key of its file
 
 
 @runtime_checkable
@@ -32,7 +38,7 @@ class Session(Protocol):
     device: str                      # "npu:1", "cuda:0", "cpu"
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        """Logits ``[batch*views_per_call, num_classes]`` for input ``x`` (float32)."""
+        """Logits ``[batch*views_per_call, num_classes]`` for input ``x``."""
 
     def close(self) -> None:
         """Release the model and the device."""
@@ -42,76 +48,96 @@ class Session(Protocol):
 class ModelSpec:
     """Everything an inference actor needs to open its session: plain, picklable data.
 
-    ``path`` is the model file for the backend (.om or .onnx); the torch backend
-    builds the model from ``config_path`` and loads ``checkpoint`` instead.
+    Made by :meth:`from_artifact` (a harness build), :meth:`from_model_file` (an .om or
+    .onnx given by the user) or :meth:`from_checkpoint` (the torch backend). ``path`` is the
+    .om / .onnx file; the torch backend builds ``model_cfg`` and loads ``checkpoint`` instead.
     """
 
     backend: str
     path: str | None
     views_per_video: int
     average_clips: str | None
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    to_bgr: bool = False
-    num_classes: int | None = None
-    config_path: str | None = None
+    norm: Normalization
+    num_classes: int
+    identity: str                    # artifact or file hash (reports, resume)
+    manifest_path: str | None = None
+    model_cfg: dict | None = None    # torch: the config's model section
+    view_shape: tuple[int, int, int, int] | None = None   # torch: (3, T, H, W)
     checkpoint: str | None = None
     unsafe_load_checkpoint: bool = False
-    identity: str = ""               # artifact or file hash (reports, resume)
-    manifest_path: str | None = None
-    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_artifact(cls, directory: str | Path, backend: str) -> "ModelSpec":
+        """The model file of ``backend`` in a harness build directory, described by its manifest."""
+        from harness.build import load_manifest
+
+        directory = Path(directory).resolve()
+        manifest = load_manifest(directory)
+        key = _model_file_key(backend)
+        if not manifest.get(key):
+            fix = (" (ATC was not found when it was built: source CANN's set_env.sh and build"
+                   " again)" if key == "om" else "")
+            raise ConfigError(f"the artifact in {directory} has no .{key} file{fix}")
+        norm = manifest["normalization"]
+        return cls(backend=backend, path=str(directory / manifest[key]),
+                   views_per_video=int(manifest["views_per_video"]),
+                   average_clips=manifest["average_clips"],
+                   norm=Normalization(tuple(norm["mean"]), tuple(norm["std"]), bool(norm["to_bgr"])),
+                   num_classes=int(manifest["num_classes"]), identity=str(manifest["hash"]),
+                   manifest_path=str(directory / "manifest.json"))
+
+    @classmethod
+    def from_model_file(cls, path: str | Path, backend: str, cfg) -> "ModelSpec":
+        """A user's .om / .onnx: its build manifest when it sits in a harness artifact
+        directory, else the config says how to normalize and group views."""
+        from harness import config
+        from harness.build import sha256_file
+
+        path = Path(path).resolve()
+        if not path.is_file():
+            raise ConfigError(f"model file not found: {path}")
+        manifest = path.parent / "manifest.json"
+        if manifest.is_file():
+            try:
+                named = json.loads(manifest.read_text()).get(_model_file_key(backend))
+            except (OSError, ValueError):
+                named = None
+            if named == path.name:
+                return cls.from_artifact(path.parent, backend)
+        return cls(backend=backend, path=str(path), identity=sha256_file(path),
+                   **_from_config(cfg, config))
+
+    @classmethod
+    def from_checkpoint(cls, cfg, checkpoint: str | Path, unsafe: bool = False) -> "ModelSpec":
+        """The torch backend: the config's model with the checkpoint's weights."""
+        from harness import config
+        from harness.build import sha256_file
+
+        checkpoint = Path(checkpoint).resolve()
+        if not checkpoint.is_file():
+            raise ConfigError(f"checkpoint file not found: {checkpoint}")
+        fields = _from_config(cfg, config)
+        model_cfg = config.model_section(cfg)
+        view_shape = config.clip_geometry(cfg).view_shape()
+        key = json.dumps({"checkpoint": sha256_file(checkpoint), "model": model_cfg,
+                          "view_shape": view_shape, "views": fields["views_per_video"]},
+                         sort_keys=True, default=str)
+        return cls(backend="torch", path=None, identity=hashlib.sha256(key.encode()).hexdigest(),
+                   model_cfg=model_cfg, view_shape=view_shape, checkpoint=str(checkpoint),
+                   unsafe_load_checkpoint=unsafe, **fields)
 
 
-def open_session(backend: str, artifact_or_model_path, device_kind: str, device_index: int,
-                 threads: int = 1) -> Session:
-    """Open a session of ``backend`` on device ``device_kind:device_index``.
-
-    ``artifact_or_model_path`` is a :class:`ModelSpec`, a harness.build ``Artifact``
-    (anything with ``onnx_path``/``om_path``), an artifact directory holding
-    manifest.json, or a model file (.onnx, .om). ``device_index`` is the ordinal the
-    process sees (0 inside a Ray actor that holds one chip). ``threads`` bounds the
-    runtime's CPU thread pool (the actor's CPU share).
-    """
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
-    if device_kind not in DEVICE_KINDS:
-        raise ConfigError(f"unknown device kind {device_kind!r}; use one of {', '.join(DEVICE_KINDS)}")
-    threads = max(1, int(threads))
-    if backend == "om":
-        from harness.backends.om_backend import OmSession
-        return OmSession(_model_file(artifact_or_model_path, "om"), device_index)
-    if backend == "onnxruntime":
-        from harness.backends.onnxruntime_backend import OrtSession
-        return OrtSession(_model_file(artifact_or_model_path, "onnx"), device_kind, device_index,
-                          threads)
-    from harness.backends.torch_backend import TorchSession
-    return TorchSession(artifact_or_model_path, device_kind, device_index, threads)
+def _model_file_key(backend: str) -> str:
+    if backend not in _MODEL_FILE_KEY:
+        raise ConfigError(f"the {backend} backend takes no model file")
+    return _MODEL_FILE_KEY[backend]
 
 
-def _model_file(source, kind: str) -> str:
-    """The .om / .onnx file behind ``source`` (spec, Artifact, artifact dir or file)."""
-    if isinstance(source, ModelSpec):
-        if not source.path:
-            raise ConfigError(f"no {kind} model file given for backend {source.backend!r}")
-        return source.path
-    attr = getattr(source, f"{kind}_path", None)
-    if attr is not None or hasattr(source, "directory"):
-        if attr is None:
-            raise ConfigError(f"the artifact in {source.directory} has no .{kind} file"
-                              + (" (ATC was not found when it was built; source CANN's set_env.sh"
-                                 " and rebuild)" if kind == "om" else ""))
-        return str(attr)
-    path = Path(source)
-    if path.is_dir():
-        import json
-        manifest = json.loads((path / "manifest.json").read_text())
-        name = manifest.get(kind)
-        if not name:
-            raise ConfigError(f"the artifact in {path} has no .{kind} file")
-        return str(path / name)
-    if not path.exists():
-        raise ConfigError(f"model file not found: {path}")
-    return str(path)
+def _from_config(cfg, config) -> dict:
+    """The spec fields a config determines (for models without a manifest)."""
+    return dict(views_per_video=config.clip_geometry(cfg).views,
+                average_clips=config.average_clips(cfg), norm=config.normalization(cfg),
+                num_classes=int(config.model_section(cfg)["cls_head"]["num_classes"]))
 
 
 def dtype_of(name) -> np.dtype:

@@ -26,6 +26,7 @@ from harness.errors import HarnessError
 log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi")
+_DUPLICATES_SHOWN = 3   # duplicate entries named in the one warning about them
 
 
 class ListError(HarnessError):
@@ -41,8 +42,8 @@ class VideoEntry:
 
 def read_list(ann_file: str | Path, data_prefix: str | Path | None = "",
               num_classes: int | None = None) -> list[VideoEntry]:
-    """Parse a video list. Errors name ``file:line``; duplicate paths are logged as warnings
-    (each duplicate stays in the list, as mmaction would evaluate it twice)."""
+    """Parse a video list. Errors name ``file:line``; duplicate paths are summarized in one
+    warning (each duplicate stays in the list, as mmaction would evaluate it twice)."""
     ann_file = Path(ann_file)
     try:
         text = ann_file.read_text(encoding="utf-8")
@@ -52,7 +53,7 @@ def read_list(ann_file: str | Path, data_prefix: str | Path | None = "",
         raise ListError(f"cannot read video list {ann_file}: {exc}") from exc
     entries: list[VideoEntry] = []
     first_line: dict[str, int] = {}
-    duplicates = 0
+    duplicates: list[str] = []
     for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line:
@@ -71,13 +72,16 @@ def read_list(ann_file: str | Path, data_prefix: str | Path | None = "",
             raise ListError(f"{where}: label {label} is out of range (0..{upper})")
         path = os.path.join(str(data_prefix), rel) if data_prefix else rel
         if path in first_line:
-            duplicates += 1
-            log.warning("%s: duplicate entry %s (first at line %d)", where, rel, first_line[path])
+            duplicates.append(f"line {lineno} repeats line {first_line[path]} ({rel})")
         else:
             first_line[path] = lineno
         entries.append(VideoEntry(len(entries), path, label))
-    if duplicates:
-        log.warning("%s: %d duplicate entries", ann_file, duplicates)
+    if duplicates:  # one warning, not one per line: a list can repeat thousands of entries
+        shown = "; ".join(duplicates[:_DUPLICATES_SHOWN])
+        hidden = len(duplicates) - _DUPLICATES_SHOWN
+        more = f"; and {hidden} more" if hidden > 0 else ""
+        log.warning("%s: %d duplicate entries, each evaluated again as mmaction would: %s%s",
+                    ann_file, len(duplicates), shown, more)
     return entries
 
 

@@ -21,6 +21,7 @@ VAL_PER_CLASS = 13      # 104 held-out videos
 TRAIN_PER_CLASS = 24
 SEED = 0
 MIN_TOP1 = 0.90         # chance is 1/8; below this the pipeline is broken
+WORK_DIR_MARKER = ".harness-demo"
 
 
 def demo_data_dir() -> Path:
@@ -38,13 +39,20 @@ def make_demo_dataset(out_dir: Path | None = None, train: bool = True):
 
 
 def prepare(args) -> None:
-    """Fill in what ``--demo`` implies, unless the user set it, and make the dataset."""
+    """Fill in what ``--demo`` implies, unless the user set it, and make the dataset.
+
+    The demo replaces its work dir's results on every run, so it only uses a folder it made
+    (marked by ``.harness-demo``) or an empty one: a user's ``--work-dir`` holding anything
+    else is refused, never emptied.
+    """
     import sys
 
+    work = Path(args.work_dir or "work_dirs/demo")
+    claim_work_dir(work)
     print(f"demo: synthetic dataset in {demo_data_dir()} (made once, then reused)", file=sys.stderr)
     dataset = make_demo_dataset(train=False)
     args.config = args.config or str(DEMO_CONFIG)
-    if not (args.checkpoint or args.onnx or args.om):
+    if not (args.checkpoint or args.onnx or args.om or args.random_weights):
         args.checkpoint = str(DEMO_CHECKPOINT)
     args.ann_file = args.ann_file or str(dataset.val_list)
     args.data_prefix = args.data_prefix or str(dataset.videos)
@@ -52,8 +60,22 @@ def prepare(args) -> None:
     if not (args.npus or args.gpus or args.cpus):
         args.cpus = 2
     args.bench_loops = args.bench_loops or 20
-    args.work_dir = args.work_dir or "work_dirs/demo"
-    args.overwrite = True  # each demo run is a fresh measurement
+    args.work_dir = str(work)
+    args.overwrite = True  # each demo run is a fresh measurement (in a folder it owns)
+
+
+def claim_work_dir(work: Path) -> None:
+    """Make ``work`` the demo's (new, empty, or already the demo's), or refuse it."""
+    from harness.errors import ConfigError
+
+    if work.exists() and not work.is_dir():
+        raise ConfigError(f"the demo's work dir {work} is a file; give it a folder with --work-dir")
+    if work.is_dir() and any(work.iterdir()) and not (work / WORK_DIR_MARKER).exists():
+        raise ConfigError(f"the demo's work dir {work} holds files the demo did not make; the demo"
+                          " replaces its results on every run, so give it a new or empty folder"
+                          " with --work-dir")
+    work.mkdir(parents=True, exist_ok=True)
+    (work / WORK_DIR_MARKER).write_text("made by python -m harness.run --demo\n")
 
 
 def check(summary: dict) -> bool:

@@ -53,12 +53,10 @@ def train(out: Path, data_dir: Path, epochs: int = 12, batch: int = 16, lr: floa
              time.perf_counter() - started)
 
     norm = config.normalization(cfg)
-    mean = torch.tensor(norm.mean).view(1, 3, 1, 1, 1)
-    std = torch.tensor(norm.std).view(1, 3, 1, 1, 1)
 
     def normalized(batch_u8: np.ndarray) -> torch.Tensor:
         # [N, 3, T, H, W] uint8 -> the model's [B=N, V=1, 3, T, H, W] float input
-        return ((torch.from_numpy(batch_u8).float() - mean) / std).unsqueeze(1)
+        return norm.apply(torch.from_numpy(batch_u8), channel_axis=1).unsqueeze(1)
 
     net = swin.build(config.model_section(cfg))
     generator = torch.Generator().manual_seed(seed)

@@ -1,12 +1,15 @@
 """Load an original Video Swin checkpoint (``{'state_dict': {'backbone.…', 'cls_head.…'}}``).
 
 A .pth is a pickle: it is read with ``weights_only=True`` unless the caller opts in to full
-unpickling for a file they trust. Keys and shapes must match exactly; the derived
+unpickling for a file they trust. Besides tensors and plain containers, the weights-only reader
+accepts NumPy scalars and dtypes (mmcv-era training hooks store best scores as
+``numpy.float64`` in ``meta``): rebuilding those runs no code. Keys and shapes must match exactly; the derived
 ``relative_position_index`` buffers may be present or absent.
 """
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import re
 from pathlib import Path
@@ -26,13 +29,35 @@ def _listing(title: str, items: list[str]) -> str:
     return f"  {title} ({len(items)}):\n" + "\n".join(f"    {k}" for k in shown) + more
 
 
+def _numpy_safe_globals() -> list:
+    """NumPy's scalar constructor and dtypes, under the names pickles made by NumPy 1.x
+    (``numpy.core``) and 2.x (``numpy._core``) use. Arrays are not included."""
+    import numpy as np
+
+    scalar = np.array(0.0)[()].__reduce__()[0]          # numpy.(_)core.multiarray.scalar
+    allowed: list = [np.dtype, (scalar, "numpy.core.multiarray.scalar"),
+                     (scalar, "numpy._core.multiarray.scalar")]
+    dtypes = getattr(np, "dtypes", None)                 # NumPy >= 1.25 pickles dtype classes
+    if dtypes is not None:
+        allowed += [getattr(dtypes, name) for name in dir(dtypes) if name.endswith("DType")]
+    return allowed
+
+
+def _numpy_scalars_allowed():
+    """A context in which weights-only loading accepts NumPy scalars and dtypes
+    (torch >= 2.5; older torch keeps its own allowlist)."""
+    safe_globals = getattr(torch.serialization, "safe_globals", None)
+    return safe_globals(_numpy_safe_globals()) if safe_globals else contextlib.nullcontext()
+
+
 def read_state_dict(path: str | Path, unsafe: bool = False) -> dict[str, torch.Tensor]:
     """The checkpoint's state dict: 'state_dict' entry or the bare dict, 'module.' stripped."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=not unsafe)
+        with _numpy_scalars_allowed():
+            obj = torch.load(path, map_location="cpu", weights_only=not unsafe)
     except pickle.UnpicklingError as exc:
         if unsafe:
             raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc

@@ -1,0 +1,97 @@
+"""Command-line pieces shared by ``harness.build`` and ``harness.run``.
+
+One definition of each flag both commands take (the config and ``--cfg-options``, the build
+options, verbosity), so the same words mean the same artifact: ``harness.build --soc-version X
+--views-per-call 4`` and ``harness.run ... --soc-version X --views-per-call 4`` hash to the
+same build and the run reuses it. Also the range-checked number types both use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any, Callable
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum`` (argparse turns the error into exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is too small: use {minimum} or more")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"  # argparse names the type in its message
+    return parse
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """``--config`` and ``--cfg-options``."""
+    parser.add_argument("--config", required=required,
+                        help="mmengine-style config (.py): a path (must exist), or the bare name of"
+                        " one in the project's configs/ (e.g. swin_small_k400). The reference"
+                        " repository's own config files load unchanged")
+    from mmengine.config import DictAction
+
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction, metavar="KEY=VALUE",
+                        help="override config keys, mmengine style (as mmaction2's tools):"
+                        " e.g. harness.build.views_per_call=4 harness.sampling=mmaction2-1.x"
+                        " 'model.test_cfg.average_clips=score'; lists as [a,b]")
+
+
+# The build options both commands take: flag -> (harness.config.BuildOptions field, kwargs).
+BUILD_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "--input-dtype": ("input_dtype", dict(choices=("uint8", "float32"),
+                      help="what the graph takes: uint8 pixels normalized inside (default), or"
+                      " normalized float32 (the Ascend guide's contract)")),
+    "--batch": ("batch", dict(type=int_at_least(1), help="videos per device call (default 1)")),
+    "--views-per-call": ("views_per_call", dict(type=int_at_least(1),
+                         help="views per call; must divide the views per video (12 for Swin-S);"
+                         " 4 builds full-size Swin-S in about 5 GB instead of 12 (default: all)")),
+    "--opset": ("opset", dict(type=int_at_least(11), help="ONNX opset, 11 to 20 (default 17)")),
+    "--soc-version": ("soc_version", dict(help="the chip the .om is compiled for, as `npu-smi"
+                      " info` names it with the Ascend prefix (default Ascend310P3)")),
+    "--precision-mode": ("precision_mode", dict(help="ATC --precision_mode (default: ATC's own,"
+                         " force_fp16 on inference chips); see docs/build.md")),
+    "--op-precision-mode": ("op_precision_mode", dict(help="ATC --op_precision_mode: an .ini file"
+                            " (hashed by content)")),
+}
+
+
+def add_build_arguments(parser: argparse.ArgumentParser) -> None:
+    """The build options (override the config's ``harness.build``), the ATC path, the cache."""
+    group = parser.add_argument_group("build options (the same words reuse the same artifact)")
+    for flag, (_, kwargs) in BUILD_FLAGS.items():
+        group.add_argument(flag, **kwargs)
+    group.add_argument("--atc", help="the ATC executable (default: atc on PATH, if any)")
+    group.add_argument("--build-dir", default="build", help="the artifact cache (default: build)")
+    group.add_argument("--unsafe-load-checkpoint", action="store_true",
+                       help="allow a checkpoint that needs full unpickling (only files you trust:"
+                       " unpickling can run code)")
+
+
+def build_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The build-option flags given on the command line, as BuildOptions fields."""
+    values = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _) in BUILD_FLAGS.items()}
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def add_verbosity_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", action="store_true",
+                       help="more detail (debug messages of the harness)")
+    group.add_argument("-q", "--quiet", action="store_true",
+                       help="only warnings and errors (and the results)")
+
+
+def setup_logging(args: argparse.Namespace) -> None:
+    """Harness messages at INFO (-v: DEBUG, -q: WARNING) on stderr; libraries at WARNING."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.getLogger("harness").setLevel(level)

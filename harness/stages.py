@@ -1,0 +1,264 @@
+"""The pipeline's two stages, as plain classes, and the record of one video's outcome.
+
+- :class:`DecodeWorker`: a list entry -> the video's uint8 views, or a failure record.
+  Never imports torch.
+- :class:`InferenceActor`: one device's model session, loaded once; views -> per-video scores,
+  and the benchmark loops.
+- :class:`VideoResult`: one row of predictions.parquet.
+
+``ray.remote`` is applied where work is arranged (harness.cluster), so the same classes run
+in one process (``--no-ray``, the oracle the tests compare against) and in unit tests.
+Under Ray they report Ray metrics and their node; elsewhere those are no-ops.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from harness.backends import ModelSpec, open_session
+from harness.errors import HarnessError
+from harness.scores import average_views, top_k
+
+log = logging.getLogger(__name__)
+
+SECONDS_BUCKETS = [0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120]
+# Failure reasons the driver gives (a decode worker's own reasons: harness.data.decode.REASONS).
+WORKER_DIED = "worker died"
+INFERENCE_FAILED = "inference failed"
+
+
+# ------------------------------------------------------------------ records
+
+@dataclass
+class VideoResult:
+    """One video's outcome: a row of predictions.parquet."""
+
+    index: int
+    path: str
+    label: int
+    status: str                       # "ok" or "failed"
+    error: str | None = None          # failure reason (DecodeError.reason, "worker died", ...)
+    message: str | None = None        # the full error text, for people
+    scores: np.ndarray | None = None  # averaged per-class scores, float32 [C]
+    device: str | None = None
+    node: str | None = None
+
+    @classmethod
+    def failed(cls, entry, reason: str, message: str | None = None,
+               node: str | None = None) -> "VideoResult":
+        """``entry`` (anything with index, path, label) recorded as failed with ``reason``."""
+        return cls(entry.index, entry.path, entry.label, "failed", reason, message or reason,
+                   None, None, node)
+
+    @classmethod
+    def scored(cls, entry, out: dict) -> "VideoResult":
+        """``entry`` with the scores an inference actor returned (:meth:`InferenceActor.infer`)."""
+        return cls(entry.index, entry.path, entry.label, "ok", None, None,
+                   np.asarray(out["scores"], np.float32), out["device"], out["node"])
+
+    @property
+    def top5(self) -> list[int] | None:
+        return None if self.scores is None else [int(i) for i in top_k(self.scores[None], 5)[0]]
+
+
+def _in_ray_worker() -> bool:
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())
+
+
+def node_label() -> str:
+    """This process's node for reports: hostname, plus Ray's node id (nodes may share a host)."""
+    host = socket.gethostname()
+    if _in_ray_worker():
+        import ray
+        return f"{host}:{ray.get_runtime_context().get_node_id()[:8]}"
+    return host
+
+
+class Metrics:
+    """ray.util.metrics where running under Ray; no-ops otherwise (``--no-ray``)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and _in_ray_worker()
+        self._made: dict[str, Any] = {}
+
+    def _get(self, kind: str, name: str, description: str):
+        if name not in self._made:
+            from ray.util import metrics
+            if kind == "counter":
+                self._made[name] = metrics.Counter(name, description=description, tag_keys=("stage",))
+            else:
+                self._made[name] = metrics.Histogram(name, description=description,
+                                                     boundaries=SECONDS_BUCKETS, tag_keys=("stage",))
+        return self._made[name]
+
+    def count(self, name: str, description: str, stage: str) -> None:
+        if self.enabled:
+            self._get("counter", name, description).inc(1, tags={"stage": stage})
+
+    def observe(self, name: str, description: str, stage: str, seconds: float) -> None:
+        if self.enabled:
+            self._get("histogram", name, description).observe(seconds, tags={"stage": stage})
+
+    def done(self, stage: str) -> None:
+        self.count("harness_videos_done", "videos with scores", stage)
+
+    def failed(self, stage: str) -> None:
+        self.count("harness_videos_failed", "videos recorded as failed", stage)
+
+
+# ------------------------------------------------------------------ stages
+
+class DecodeWorker:
+    """Turns a list entry into the video's uint8 views, or a failure record.
+
+    ``decoder`` is a harness.data ``ViewDecoder`` (or any picklable callable
+    ``path -> uint8 (V, 3, T, H, W)``). Never imports torch.
+    """
+
+    def __init__(self, decoder: Callable[[str], np.ndarray], threads: int = 1,
+                 metrics: bool = True) -> None:
+        try:
+            import cv2
+            cv2.setNumThreads(threads)
+        except ImportError:  # pragma: no cover - cv2 is a dependency
+            pass
+        self.decoder = decoder
+        self.metrics = Metrics(metrics)
+        self.node = node_label()
+
+    def ready(self) -> str:
+        """The node this worker runs on (also: the worker has started)."""
+        return self.node
+
+    def decode(self, index: int, path: str) -> tuple[dict, np.ndarray | None]:
+        """``(status, views)``: status has ok, reason, message, seconds, node."""
+        start = time.perf_counter()
+        try:
+            views = np.ascontiguousarray(self.decoder(path), dtype=np.uint8)
+        except HarnessError as exc:  # DecodeError: a broken video, recorded and skipped
+            self.metrics.failed("decode")
+            return ({"ok": False, "reason": getattr(exc, "reason", "decode failed"),
+                     "message": str(exc), "node": self.node}, None)
+        except Exception as exc:  # a decoder bug must not stop the run either
+            log.exception("decoding %s failed", path)
+            self.metrics.failed("decode")
+            return ({"ok": False, "reason": "decode failed",
+                     "message": f"{path}: {type(exc).__name__}: {exc}", "node": self.node}, None)
+        seconds = time.perf_counter() - start
+        self.metrics.observe("harness_decode_seconds", "seconds to decode one video", "decode", seconds)
+        return {"ok": True, "seconds": seconds, "node": self.node, "shape": views.shape}, views
+
+
+def _physical_id(kind: str, ordinal: int) -> str:
+    """The physical device id Ray assigned (for reports), else the ordinal."""
+    if _in_ray_worker() and kind in ("npu", "gpu"):
+        import ray
+        ids = ray.get_runtime_context().get_accelerator_ids().get(kind.upper()) or []
+        if ids:
+            return str(ids[0])
+    return str(ordinal)
+
+
+class InferenceActor:
+    """One device's model session, loaded once, kept for the actor's life.
+
+    ``slot`` numbers the actor among its kind (reports for CPUs, ordinals with --no-ray);
+    inside a Ray actor holding one chip, the session opens visible ordinal 0.
+    """
+
+    def __init__(self, spec: ModelSpec, device_kind: str, slot: int = 0, threads: int = 1,
+                 metrics: bool = True, session=None) -> None:
+        ordinal = 0 if (_in_ray_worker() and device_kind != "cpu") else slot
+        self.spec = spec
+        self.kind = device_kind
+        # ``session``: an already made Session (instruments such as benchmarks/pipeline.py)
+        self.session = session or open_session(spec, device_kind, ordinal, threads)
+        physical = _physical_id(device_kind, ordinal) if device_kind != "cpu" else str(slot)
+        self.device = f"{device_kind}:{physical}"
+        self.node = node_label()
+        self.metrics = Metrics(metrics)
+        self._layout = call_layout(self.session.input_shape, spec.views_per_video)
+
+    def describe(self) -> dict:
+        """Where the actor runs and what its session wants."""
+        batch, per_call = self._layout
+        return {"device": self.device, "kind": self.kind, "node": self.node,
+                "session_device": self.session.device, "pid": os.getpid(),
+                "input_shape": list(self.session.input_shape),
+                "input_dtype": str(self.session.input_dtype),
+                "batch": batch, "views_per_call": per_call}
+
+    def _prepare(self, views: np.ndarray) -> np.ndarray:
+        """uint8 views ``(V, 3, T, H, W)`` -> what the session takes (normalized on the host
+        when it wants floats)."""
+        if self.session.input_dtype == np.uint8:
+            return views
+        return self.spec.norm.apply(views, channel_axis=1).astype(self.session.input_dtype, copy=False)
+
+    def logits(self, views: np.ndarray) -> np.ndarray:
+        """Per-view logits ``[V, C]`` for one video's views ``(V, 3, T, H, W)``."""
+        batch, per_call = self._layout
+        x = self._prepare(views)
+        total = x.shape[0]
+        step = batch * per_call
+        calls = math.ceil(total / step)
+        if calls * step != total:  # pad the last call; padded rows are dropped below
+            pad = np.zeros((calls * step - total, *x.shape[1:]), dtype=x.dtype)
+            x = np.concatenate([x, pad])
+        outputs = [self.session.run(x[i * step:(i + 1) * step].reshape(batch, per_call, *x.shape[1:]))
+                   for i in range(calls)]
+        return np.concatenate(outputs)[:total]
+
+    def infer(self, index: int, views: np.ndarray) -> dict:
+        """Averaged scores of one video (the reference's test_cfg.average_clips)."""
+        start = time.perf_counter()
+        scores = average_views(self.logits(views), views.shape[0], self.spec.average_clips)[0]
+        seconds = time.perf_counter() - start
+        self.metrics.observe("harness_inference_seconds", "seconds of inference per video",
+                             self.device, seconds)
+        self.metrics.done(self.device)
+        return {"index": index, "scores": scores, "device": self.device, "node": self.node,
+                "seconds": seconds}
+
+    def bench(self, loops: int, warmup: int = 1) -> dict:
+        """``loops`` timed calls on a synthetic input of the session's shape (ais_bench --loop)."""
+        batch, per_call = self._layout
+        shape = (batch, per_call, *self.session.input_shape[2:])
+        rng = np.random.default_rng(0)
+        if self.session.input_dtype == np.uint8:
+            x = rng.integers(0, 256, size=shape, dtype=np.uint8)
+        else:
+            x = rng.standard_normal(size=shape).astype(self.session.input_dtype)
+        for _ in range(warmup):
+            self.session.run(x)
+        latencies = []
+        for _ in range(loops):
+            start = time.perf_counter()
+            self.session.run(x)
+            latencies.append((time.perf_counter() - start) * 1000.0)
+        return {"device": self.device, "node": self.node, "latencies_ms": latencies,
+                "views_per_call": batch * per_call, "views_per_video": self.spec.views_per_video}
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def call_layout(input_shape: Iterable[int], views_per_video: int) -> tuple[int, int]:
+    """(batch, views per call) of a session; dynamic dims become 1 video and all its views."""
+    shape = list(input_shape)
+    if len(shape) != 6:
+        raise HarnessError(f"the model's input has shape {shape}; expected 6 dims"
+                           " [batch, views, 3, T, H, W]")
+    batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else 1
+    per_call = shape[1] if isinstance(shape[1], int) and shape[1] > 0 else views_per_video
+    return batch, per_call
