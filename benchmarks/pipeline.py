@@ -82,7 +82,7 @@ def start(num_devices: int, num_decoders: int, latency: float, decoder, views: i
               for k in range(num_devices)]
     decoders = [ray.remote(DecodeWorker).options(num_cpus=1).remote(decoder, 1, False)
                 for _ in range(num_decoders)]
-    ray.get([a.describe.remote() for a in actors] + [d.ready.remote() for d in decoders])
+    ray.get([a.describe.remote() for a in actors] + [d.probe.remote() for d in decoders])
     return actors, decoders
 
 
@@ -112,7 +112,7 @@ def memory_run(entries_count: int, videos: list[str], decoder, views: int) -> di
 
     from harness.results import ResultWriter, read_predictions, summarize
 
-    ray.init(num_cpus=4, resources={"SIM": 4}, include_dashboard=False,
+    ray.init(address="local", num_cpus=4, resources={"SIM": 4}, include_dashboard=False,
              logging_level=logging.WARNING, log_to_driver=False)
     actors, decs = start(4, 2, 0.002, decoder, views)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -156,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         import ray
 
-        ray.init(num_cpus=max(4, args.decoders), resources={"SIM": 4}, include_dashboard=False,
+        ray.init(address="local", num_cpus=max(4, args.decoders), resources={"SIM": 4},
+                 include_dashboard=False,
                  logging_level=logging.WARNING, log_to_driver=False)
         rows = [efficiency(n, args.per_device, args.latency, args.decoders, videos, decoder, views)
                 for n in (1, 2, 4)]

@@ -3,14 +3,19 @@
 - :func:`connect`: without an address, a new local Ray instance of the harness's own (even
   when another cluster runs on this machine: ``address="local"``), listening on loopback
   only; with ``--address`` or ``RAY_ADDRESS``, that cluster.
-- :func:`check_cluster`: fail before any work when the cluster lacks the devices.
+- :func:`wait_for_devices`: fail before any work when the cluster lacks the devices; wait
+  (saying for what, up to ``--wait``) while other jobs hold them.
 - :func:`start_actors`: one inference actor per device, spread over the nodes that have
-  them, and the decode workers, named for the dashboard; waits until every session loaded.
+  them, and the decode workers, named for the dashboard; waits (bounded) until every session
+  loaded. :func:`start_decoder` makes one more decode worker (replacements, growth), and
+  :func:`put_model_file` sends the model to nodes that cannot see it.
 - :func:`release`: kill what :func:`start_actors` made; shut down what :func:`connect` started.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import os
 import sys
@@ -20,7 +25,7 @@ from pathlib import Path
 
 from harness.backends import ModelSpec
 from harness.errors import DeviceError, HarnessError
-from harness.stages import DecodeWorker, InferenceActor
+from harness.stages import DecodeWorker, InferenceActor, SessionUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +94,14 @@ def connect(address: str | None, resources: dict | None, plan: DevicePlan,
     return True, context.dashboard_url
 
 
-def check_cluster(plan: DevicePlan, decoders: int | None) -> int:
-    """Fail before any work when the cluster lacks the devices; returns the decoder count."""
+def wait_for_devices(plan: DevicePlan, decoders: int | None, wait_s: float) -> tuple[int, int]:
+    """Wait (up to ``wait_s``) until the cluster has the devices free, saying what it waits for;
+    fail at once when it has too few at all. Returns ``(decoders to start, most decoders)``:
+    ``--decoders D`` fixes both; by default one more than the devices to start with, and as
+    many as the free CPUs allow as the measured rates ask for more (harness.scheduler)."""
     import ray
 
     total = ray.cluster_resources()
-    free = ray.available_resources()
     have = int(total.get(plan.ray_resource, 0))
     found = ", ".join(f"{k} {v:g}" for k, v in sorted(total.items())
                       if k in ("CPU", "GPU", "NPU") or k.startswith("accelerator_type"))
@@ -113,31 +120,60 @@ def check_cluster(plan: DevicePlan, decoders: int | None) -> int:
                           + fix % ((plan.count,) * 2))
     cpus_total = int(total.get("CPU", 0))
     cpu_actors = plan.count if plan.kind == "cpu" else 0
-    if decoders is None:
-        decoders = max(1, int(free.get("CPU", 0)) - cpu_actors)
-    if cpu_actors + decoders > cpus_total:
-        raise DeviceError(f"{cpu_actors} CPU inference actor(s) plus {decoders} decode worker(s)"
-                          f" need {cpu_actors + decoders} CPUs; the cluster has {cpus_total}."
+    if cpu_actors + (decoders or 1) > cpus_total:
+        raise DeviceError(f"{cpu_actors} CPU inference actor(s) plus {decoders or 1} decode worker(s)"
+                          f" need {cpu_actors + (decoders or 1)} CPUs; the cluster has {cpus_total}."
                           " Fix: fewer --decoders or --cpus, or `ray start --num-cpus N` with more")
-    return decoders
-
+    started, next_note = time.monotonic(), 0.0
+    while True:
+        free = ray.available_resources()
+        free_devices = int(free.get(plan.ray_resource, 0))
+        free_cpus = int(free.get("CPU", 0)) - cpu_actors
+        if free_devices >= plan.count and free_cpus >= (decoders or 1):
+            if decoders:
+                return decoders, decoders
+            most = max(1, free_cpus)
+            return min(most, plan.count + 1), most
+        waited = time.monotonic() - started
+        need = (f"{plan.count} {plan.ray_resource} ({free_devices} free) and {decoders or 1} CPU(s)"
+                f" for decoding ({max(free_cpus, 0)} free)")
+        if waited >= wait_s:
+            raise DeviceError(f"the cluster has the devices but not free: waited {waited:.0f} s for"
+                              f" {need}; other jobs hold them (`RAY_AUTH_MODE=token ray status`)."
+                              " Fix: wait longer (--wait SECONDS), or ask for fewer")
+        if waited >= next_note:          # say so now, then every 10 s
+            log.warning("waiting for %s (up to --wait %g s)", need, wait_s)
+            next_note = waited + 10
+        time.sleep(1.0)
 
 
 class _RayInferenceActor(InferenceActor):
-    """Under Ray, a constructor error would only reach the driver as text: keep the
-    HarnessError (e.g. missing aclruntime) and raise it from ``describe`` instead."""
+    """Under Ray, a constructor error would only reach the driver as text: keep it, and answer
+    every call with :class:`SessionUnavailable` carrying it (the scheduler sets the actor
+    aside; at start-up the run stops with the message, e.g. a missing aclruntime)."""
 
     def __init__(self, *args, **kwargs) -> None:
-        self._init_error: HarnessError | None = None
+        self._init_error: str | None = None
         try:
             super().__init__(*args, **kwargs)
-        except HarnessError as exc:
-            self._init_error = exc
+        except Exception as exc:  # any failure to open the session (runtime errors too)
+            self._init_error = str(exc) if isinstance(exc, HarnessError) else f"{type(exc).__name__}: {exc}"
+
+    def _check(self) -> None:
+        if self._init_error is not None:
+            raise SessionUnavailable(self._init_error)
 
     def describe(self) -> dict:
-        if self._init_error is not None:
-            raise self._init_error
+        self._check()
         return super().describe()
+
+    def infer(self, index: int, views) -> dict:
+        self._check()
+        return super().infer(index, views)
+
+    def bench(self, loops: int, warmup: int = 1) -> dict:
+        self._check()
+        return super().bench(loops, warmup)
 
 
 def actor_options(plan: DevicePlan, threads: int, max_restarts: int) -> dict:
@@ -175,23 +211,38 @@ def _node_slots(plan: DevicePlan) -> list[tuple[str, str]]:
     return slots
 
 
+def _unique_name(name: str) -> str:
+    """``name``, or a variant when another run in this namespace still holds it."""
+    import ray
+
+    if name not in set(ray.util.list_named_actors()):
+        return name
+    return f"{name}#{os.getpid()}-{time.monotonic_ns() % 100000}"
+
+
+def start_decoder(decoder, number: int, metrics: bool = True, max_restarts: int = 3):
+    """Decode worker ``decode<number>`` (one CPU, spread over the nodes); not waited for."""
+    import ray
+
+    return (ray.remote(DecodeWorker)
+            .options(num_cpus=1, max_restarts=max_restarts, max_task_retries=0,
+                     scheduling_strategy="SPREAD", name=_unique_name(f"decode{number}"),
+                     runtime_env={"env_vars": _thread_env(1)})
+            .remote(decoder, 1, metrics))
+
+
 def start_actors(spec: ModelSpec, plan: DevicePlan, decoder, num_decoders: int,
-                 threads: int = 1, max_restarts: int = 3, metrics: bool = True) -> tuple[list, list, list[dict]]:
+                 threads: int = 1, max_restarts: int = 3, metrics: bool = True,
+                 startup_s: float = 900.0) -> tuple[list, list, list[dict]]:
     """Create the inference actors (one per device) and decode workers; wait until loaded.
 
     Returns ``(actors, decoders, descriptions)``; a session that fails to load raises
-    the underlying HarnessError (e.g. DeviceError for a missing aclruntime).
+    its error (e.g. DeviceError for a missing aclruntime); nothing waits longer than
+    ``startup_s``.
     """
     import ray
-    from ray.exceptions import RayTaskError
+    from ray.exceptions import GetTimeoutError, RayTaskError
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    taken = set(ray.util.list_named_actors())
-
-    def unique(name: str) -> str:  # another run in this namespace may still hold the name
-        if name not in taken:
-            return name
-        return f"{name}#{os.getpid()}-{time.monotonic_ns() % 100000}"
 
     remote_actor = ray.remote(_RayInferenceActor)
     actors = []
@@ -201,23 +252,38 @@ def start_actors(spec: ModelSpec, plan: DevicePlan, decoder, num_decoders: int,
         if k < len(slots):
             node_id, label = slots[k]
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=True)
-            options["name"] = unique(f"infer-{plan.kind}{k}@{label}")
+            options["name"] = _unique_name(f"infer-{plan.kind}{k}@{label}")
         else:
-            options["name"] = unique(f"infer-{plan.kind}{k}")
+            options["name"] = _unique_name(f"infer-{plan.kind}{k}")
         actors.append(remote_actor.options(**options).remote(spec, plan.kind, k, threads, metrics))
-    remote_decoder = ray.remote(DecodeWorker)
-    decoders = [remote_decoder.options(num_cpus=1, max_restarts=max_restarts, max_task_retries=0,
-                                       scheduling_strategy="SPREAD", name=unique(f"decode{k}"),
-                                       runtime_env={"env_vars": _thread_env(1)})
-                .remote(decoder, 1, metrics) for k in range(num_decoders)]
+    decoders = [start_decoder(decoder, k, metrics, max_restarts) for k in range(num_decoders)]
     try:
-        descriptions = ray.get([a.describe.remote() for a in actors])
-        ray.get([d.ready.remote() for d in decoders])
+        descriptions = ray.get([a.describe.remote() for a in actors], timeout=startup_s)
+        ray.get([d.probe.remote() for d in decoders], timeout=startup_s)
     except RayTaskError as exc:
+        release(actors, decoders, started=False)
         if isinstance(exc.cause, HarnessError):
             raise exc.cause from None
         raise
+    except GetTimeoutError:
+        release(actors, decoders, started=False)
+        raise DeviceError(f"the inference actors and decode workers did not all start within"
+                          f" {startup_s:g} s (loading the model, or waiting for resources other"
+                          " jobs hold: `RAY_AUTH_MODE=token ray status`)") from None
     return actors, decoders, descriptions
+
+
+def put_model_file(spec: ModelSpec) -> ModelSpec:
+    """On a cluster of several nodes, the model file's bytes go to the object store once, so
+    an actor on a node that cannot see the file loads it from there (harness.stages)."""
+    import ray
+
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    if len(alive) < 2 or not spec.model_file:
+        return spec
+    data = Path(spec.model_file).read_bytes()
+    return dataclasses.replace(spec, file_sha256=hashlib.sha256(data).hexdigest(),
+                               file_blob=ray.put(data))
 
 
 def release(actors, decoders, started: bool) -> None:

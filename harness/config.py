@@ -71,8 +71,11 @@ def load_config(path: str | Path, cfg_options: dict | None = None):
     except Exception as exc:  # mmengine raises many types for a bad file
         raise ConfigError(f"cannot read config {path}: {describe_error(exc)}") from exc
     if cfg_options:
-        added = [key for key in cfg_options if lookup(cfg, key, default=_MISSING_OPTION) is _MISSING_OPTION]
-        if added:  # mmengine adds unknown keys: a typo would change nothing, silently
+        # mmengine adds unknown keys: a typo would change nothing, silently (the harness's own
+        # section is checked key by key instead: harness_options)
+        added = [key for key in cfg_options if not key.startswith("harness.")
+                 and lookup(cfg, key, default=_MISSING_OPTION) is _MISSING_OPTION]
+        if added:
             log.warning("--cfg-options %s: not in %s, added as new key(s) (a typo?)",
                         ", ".join(added), path.name)
         try:
@@ -309,35 +312,73 @@ class BuildOptions:
 
 
 @dataclass(frozen=True)
+class RunOptions:
+    """How ``harness.run`` guards a long run (section ``harness.run``; flags override).
+
+    Defaults are generous but finite: a K400 video decodes in about a second on one core and
+    takes ~1.65 s on a 310P3, so only a stalled read or a hung device passes them.
+    """
+
+    decode_timeout: float = 300.0          # s per video in a decode worker
+    infer_timeout: float | None = None     # s per video on a device; None: 20 x the median call
+    startup_timeout: float = 900.0         # s for a session to load (also after a restart)
+    max_failure_rate: float = 0.5          # stop when more than this fraction failed ...
+    failure_window: int = 50               # ... once this many videos finished (all failed: stop)
+    wait: float = 600.0                    # s to wait for devices other jobs hold
+
+
+@dataclass(frozen=True)
 class HarnessOptions:
     """The config's optional ``harness`` section; reference configs get these defaults."""
 
     build: BuildOptions = field(default_factory=BuildOptions)
+    run: RunOptions = field(default_factory=RunOptions)
     sampling: str = "reference"         # 'reference' (mmaction2 0.x) or 'mmaction2-1.x'
     label_map: str | None = None        # class names file; default: configs/label_map_k400.txt
 
 
-def harness_options(cfg, **overrides: Any) -> HarnessOptions:
-    """The ``harness`` section as dataclasses; ``overrides`` replace build options (CLI flags)."""
-    section = _plain(lookup(cfg, "harness", default={})) or {}
-    build = dict(section.get("build", {}) or {})
-    build.update({k: v for k, v in overrides.items() if v is not None})
-    known = {f.name for f in dataclasses.fields(BuildOptions)}
-    unknown = sorted(set(build) - known)
+def _options(kind, section: dict, name: str, overrides: dict):
+    """A dataclass of ``kind`` from a config section plus overrides; unknown keys are named."""
+    values = dict(section or {})
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in dataclasses.fields(kind)}
+    unknown = sorted(set(values) - known)
     if unknown:
-        raise ConfigError(f"config key 'harness.build.{unknown[0]}' is not a build option"
+        raise ConfigError(f"config key 'harness.{name}.{unknown[0]}' is not a {name} option"
                           f" (known: {', '.join(sorted(known))})")
+    return kind(**values)
+
+
+def harness_options(cfg, run: dict | None = None, **overrides: Any) -> HarnessOptions:
+    """The ``harness`` section as dataclasses; ``overrides`` replace build options and ``run``
+    run options (command-line flags; None values are ignored)."""
+    section = _plain(lookup(cfg, "harness", default={})) or {}
+    unknown = sorted(set(section) - {f.name for f in dataclasses.fields(HarnessOptions)})
+    if unknown:
+        raise ConfigError(f"config key 'harness.{unknown[0]}' is not a harness option"
+                          f" (known: build, run, sampling, label_map)")
+    build = dict(section.get("build") or {})
     if "atc_extra_args" in build:
         build["atc_extra_args"] = tuple(build["atc_extra_args"])
-    options = BuildOptions(**build)
+    options = _options(BuildOptions, build, "build", overrides)
     if options.input_dtype not in ("uint8", "float32"):
         raise ConfigError(f"config key 'harness.build.input_dtype' is {options.input_dtype!r};"
                           " use 'uint8' or 'float32'")
+    run_options = _options(RunOptions, section.get("run") or {}, "run", run or {})
+    for key in ("decode_timeout", "infer_timeout", "startup_timeout", "wait"):
+        value = getattr(run_options, key)
+        if value is not None and not (isinstance(value, (int, float)) and value > 0):
+            raise ConfigError(f"config key 'harness.run.{key}' is {value!r}; use a positive number of"
+                              " seconds")
+    if not 0 < run_options.max_failure_rate <= 1:
+        raise ConfigError(f"config key 'harness.run.max_failure_rate' is"
+                          f" {run_options.max_failure_rate!r}; use a fraction in (0, 1] (1: never stop)")
     sampling = section.get("sampling", "reference")
     if sampling not in ("reference", "mmaction2-1.x"):
         raise ConfigError(f"config key 'harness.sampling' is {sampling!r};"
                           " use 'reference' or 'mmaction2-1.x'")
-    return HarnessOptions(build=options, sampling=sampling, label_map=section.get("label_map"))
+    return HarnessOptions(build=options, run=run_options, sampling=sampling,
+                          label_map=section.get("label_map"))
 
 
 def evaluation_digest(cfg) -> str:

@@ -3,8 +3,11 @@
 predictions.parquet is a directory of part files, each written under a hidden temporary
 name and renamed when complete: ``pyarrow.parquet.read_table(<work>/predictions.parquet)``
 reads every completed batch at any moment, also after a crash (pyarrow skips names
-starting with '.'). A crash between writing a part and the driver's bookkeeping can
-leave a video in two parts; readers here keep its first row.
+starting with '.'). A video can have several rows (a transient failure retried by a later
+run, or a crash between writing a part and the bookkeeping): readers here keep its latest.
+
+One driver at a time owns a work dir (:func:`lock_work_dir`: a lock that dies with its holder).
+An unwritable work dir is a :class:`WorkDirError` with the fix, never a traceback.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -23,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from harness.errors import ConfigError
+from harness.errors import ConfigError, HarnessError
 from harness.scores import mean_class_accuracy, top_k_accuracy
 
 log = logging.getLogger(__name__)
@@ -31,6 +35,46 @@ log = logging.getLogger(__name__)
 PREDICTIONS = "predictions.parquet"
 RUN_FILE = "run.json"
 SUMMARY_FILE = "summary.json"
+LOCK_FILE = ".lock"
+# Failures a rerun retries (the video may well succeed next time); others are the file's own.
+TRANSIENT = ("worker died", "timeout", "inference failed")
+
+
+class WorkDirError(HarnessError):
+    """The work dir cannot be written (read-only, full, a file in the way) or is in use."""
+
+
+def work_dir_error(work_dir: str | Path, exc: OSError) -> WorkDirError:
+    reason = exc.strerror or str(exc)
+    return WorkDirError(f"cannot write results in {work_dir}: {reason} ({exc.filename or work_dir})."
+                        " Fix: free space, make it writable, or use another --work-dir; what was"
+                        " written stays, and the same command resumes")
+
+
+def lock_work_dir(work_dir: str | Path):
+    """Hold ``<work_dir>/.lock`` for this process's life: a second driver is refused. The
+    lock is the kernel's (flock): it goes away with its holder, also on kill -9."""
+    import fcntl
+
+    path = Path(work_dir) / LOCK_FILE
+    try:
+        Path(work_dir).mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+")
+    except OSError as exc:
+        raise work_dir_error(work_dir, exc) from exc
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise WorkDirError(f"{work_dir} is in use by another harness.run ({holder}); wait for it,"
+                           " or use another --work-dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    return handle
 
 SCHEMA = pa.schema([
     ("index", pa.int64()), ("path", pa.string()), ("label", pa.int32()),
@@ -65,10 +109,17 @@ class RunIdentity:
 def prepare_work_dir(work_dir: str | Path, identity: RunIdentity, overwrite: bool = False) -> bool:
     """Create or check ``work_dir`` for this job; True when it resumes earlier results.
 
-    A work dir holding another job (different artifact, list, data or backend) is
-    refused unless ``overwrite``, which deletes its results first.
+    A work dir holding another job (different artifact, list, data, backend or config
+    content) is refused unless ``overwrite``, which deletes its results first.
     """
     work = Path(work_dir)
+    try:
+        return _prepare_work_dir(work, identity, overwrite)
+    except OSError as exc:
+        raise work_dir_error(work, exc) from exc
+
+
+def _prepare_work_dir(work: Path, identity: RunIdentity, overwrite: bool) -> bool:
     work.mkdir(parents=True, exist_ok=True)
     run_file = work / RUN_FILE
     mine = asdict(identity)
@@ -108,7 +159,10 @@ class ResultWriter:
 
     def __init__(self, work_dir: str | Path, batch_size: int = 32, flush_s: float = 5.0) -> None:
         self.directory = Path(work_dir) / PREDICTIONS
-        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise work_dir_error(work_dir, exc) from exc
         self.batch_size, self.flush_s = batch_size, flush_s
         self._rows: list[dict] = []
         self._last = time.monotonic()
@@ -116,7 +170,7 @@ class ResultWriter:
         self._next = 1 + max((int(p.stem.split("-")[1]) for p in existing), default=-1)
 
     def add(self, result) -> None:
-        """Queue one ``pipeline.VideoResult``; writes a part when the batch is full or old."""
+        """Queue one ``stages.VideoResult``; writes a part when the batch is full or old."""
         scores = None if result.scores is None else np.asarray(result.scores, np.float32).tolist()
         self._rows.append({
             "index": int(result.index), "path": str(result.path), "label": int(result.label),
@@ -127,6 +181,11 @@ class ResultWriter:
         if len(self._rows) >= self.batch_size or time.monotonic() - self._last >= self.flush_s:
             self.flush()
 
+    def flush_if_due(self) -> None:
+        """Write what waits if it is older than ``flush_s`` (called while nothing arrives)."""
+        if self._rows and time.monotonic() - self._last >= self.flush_s:
+            self.flush()
+
     def flush(self) -> None:
         self._last = time.monotonic()
         if not self._rows:
@@ -134,8 +193,12 @@ class ResultWriter:
         table = pa.Table.from_pylist(self._rows, schema=SCHEMA)
         final = self.directory / f"part-{self._next:05d}.parquet"
         tmp = self.directory / f".{final.name}.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, final)  # atomic: readers see whole parts only
+        try:
+            pq.write_table(table, tmp)
+            os.replace(tmp, final)  # atomic: readers see whole parts only
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise work_dir_error(self.directory.parent, exc) from exc
         self._next += 1
         self._rows = []
 
@@ -146,15 +209,16 @@ class ResultWriter:
 # ------------------------------------------------------------------ reading
 
 def read_predictions(work_dir: str | Path) -> pa.Table:
-    """All recorded rows, one per index (the first recorded), sorted by index."""
+    """All recorded rows, one per index (the latest recorded), sorted by index."""
     directory = Path(work_dir) / PREDICTIONS
-    parts = sorted(directory.glob("part-*.parquet")) if directory.is_dir() else []
+    parts = (sorted(directory.glob("part-*.parquet"), key=lambda p: int(p.stem.split("-")[1]))
+             if directory.is_dir() else [])
     if not parts:
         return SCHEMA.empty_table()
     table = pa.concat_tables([pq.read_table(p, schema=SCHEMA) for p in parts])
-    indices = table.column("index").to_numpy()
-    _, first = np.unique(indices, return_index=True)  # sorted by index, first occurrence
-    return table.take(pa.array(first))
+    indices = table.column("index").to_numpy()[::-1]             # latest first
+    _, latest = np.unique(indices, return_index=True)            # sorted by index
+    return table.take(pa.array(len(indices) - 1 - latest))
 
 
 def job_table(work_dir: str | Path, limit: int | None = None) -> pa.Table:
@@ -169,9 +233,13 @@ def job_table(work_dir: str | Path, limit: int | None = None) -> pa.Table:
     return table
 
 
-def done_indices(work_dir: str | Path) -> set[int]:
-    """Indices already recorded (ok or failed) in ``work_dir``."""
-    return set(read_predictions(work_dir).column("index").to_pylist())
+def done_indices(work_dir: str | Path, retry_failed: bool = False) -> set[int]:
+    """Indices a rerun skips: scored videos, and failures of the file's own (``missing``,
+    ``empty``, ``decode failed``, ...); transient failures (:data:`TRANSIENT`) are retried,
+    and with ``retry_failed`` every failure is."""
+    rows = read_predictions(work_dir).select(["index", "status", "error"]).to_pylist()
+    return {r["index"] for r in rows
+            if r["status"] == "ok" or not (retry_failed or r["error"] in TRANSIENT)}
 
 
 # ------------------------------------------------------------------ summary
@@ -215,7 +283,10 @@ def summarize(table: pa.Table, *, wall_s: float, processed: int, backend: str,
 
 def write_summary(work_dir: str | Path, summary: dict) -> Path:
     path = Path(work_dir) / SUMMARY_FILE
-    _atomic_write_text(path, json.dumps(summary, indent=2, default=_json_default) + "\n")
+    try:
+        _atomic_write_text(path, json.dumps(summary, indent=2, default=_json_default) + "\n")
+    except OSError as exc:
+        raise work_dir_error(work_dir, exc) from exc
     return path
 
 

@@ -17,7 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +95,21 @@ def _parser() -> argparse.ArgumentParser:
                    help="delete another run's results in the work dir instead of refusing")
     p.add_argument("--max-retries", type=cli.int_at_least(0), default=2,
                    help="retries of a video whose worker or actor died (default 2)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="on resume, retry every failed video (default: only transient failures:"
+                   " worker died, timeout, inference failed)")
+    guard = p.add_argument_group("guards of a long run (config: harness.run; docs/running.md)")
+    guard.add_argument("--decode-timeout", type=cli.seconds,
+                       help="seconds a video may take to decode before it is recorded 'timeout'"
+                       " and its reader abandoned (default 300)")
+    guard.add_argument("--infer-timeout", type=cli.seconds,
+                       help="seconds a video may take on a device before its actor is restarted"
+                       " and the video retried (default: 20 x the median call, 900 until 3 calls)")
+    guard.add_argument("--max-failure-rate", type=cli.fraction,
+                       help="stop (exit 2) when more than this fraction of the videos failed, once"
+                       " 50 finished (default 0.5; 1: never); all of the first 50 failing stops too")
+    guard.add_argument("--wait", type=cli.seconds,
+                       help="seconds to wait for devices other jobs hold (default 600)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--flush-every", type=cli.int_at_least(1), default=32,
                    help="rows per predictions part file (default 32; a crash loses at most one part)")
@@ -134,23 +152,28 @@ class Job:
     todo: list = field(default_factory=list)      # those not recorded yet
     ann_file: str | None = None
     data_prefix: str | None = None
+    options: Any = None         # harness.config.RunOptions
+    lock: Any = None            # the work dir's lock, held while this process runs
 
 
 def prepare(args: argparse.Namespace) -> Job:
     """Config, list, model and work dir; every user error surfaces here, as a HarnessError."""
     from harness import results
-    from harness.config import config_name, evaluation_digest, load_config
+    from harness.config import config_name, evaluation_digest, harness_options, load_config
 
     cfg = load_config(args.config, args.cfg_options)
+    options = harness_options(cfg, run={
+        "decode_timeout": args.decode_timeout, "infer_timeout": args.infer_timeout,
+        "max_failure_rate": args.max_failure_rate, "wait": args.wait}).run
     plan = device_plan(args)
     job_entries, ann_file, prefix = [], None, None
     if not args.bench_only:  # a bad list fails now, not after a long build
         ann_file, prefix, job_entries = load_entries(cfg, args)
-    spec, artifact = resolve_model(cfg, args, plan)
     work = Path(args.work_dir or Path("work_dirs") / config_name(cfg))
+    lock = results.lock_work_dir(work)       # before the build: a second driver stops at once
+    spec, artifact = resolve_model(cfg, args, plan)
     if args.bench_only:
-        work.mkdir(parents=True, exist_ok=True)
-        return Job(cfg, plan, spec, artifact, work)
+        return Job(cfg, plan, spec, artifact, work, options=options, lock=lock)
 
     from harness.data import ViewDecoder
 
@@ -161,13 +184,13 @@ def prepare(args: argparse.Namespace) -> Job:
     if args.limit is not None:  # after the identity: --limit 100 then all of it resumes
         job_entries = job_entries[: args.limit]
     resumed = results.prepare_work_dir(work, identity, overwrite=args.overwrite)
-    done = results.done_indices(work) if resumed else set()
+    done = results.done_indices(work, args.retry_failed) if resumed else set()
     todo = [e for e in job_entries if e.index not in done]
     if done:
-        log.info("resuming: %d of %d videos already recorded in %s", len(job_entries) - len(todo),
-                 len(job_entries), work)
+        log.info("resuming: %d of %d videos already recorded in %s (%d to do)",
+                 len(job_entries) - len(todo), len(job_entries), work, len(todo))
     return Job(cfg, plan, spec, artifact, work, ViewDecoder.from_config(cfg), job_entries, todo,
-               ann_file, prefix)
+               ann_file, prefix, options, lock)
 
 
 def device_plan(args) -> DevicePlan:
@@ -220,6 +243,14 @@ def load_entries(cfg, args):
         raise ConfigError(f"video list not found: {ann_file} (set data.test.ann_file in the config"
                           " or pass --ann-file)")
     entries = read_list(ann_file, prefix, int(model_section(cfg)["cls_head"]["num_classes"]))
+    if not entries:
+        raise ConfigError(f"the video list {ann_file} has no videos (one '<path> <label>' a line);"
+                          " make one with `python -m harness.data.filelist VIDEO_FOLDER --out LIST`")
+    if not Path(prefix).is_dir():
+        raise ConfigError(f"the video folder {prefix} does not exist here (videos are read as"
+                          " <data_prefix>/<path in the list>). Fix: --data-prefix or"
+                          " data.test.data_prefix; on a cluster, run the driver where the videos"
+                          " are mounted (e.g. `ray job submit`, docs/running.md)")
     return ann_file, prefix, entries
 
 
@@ -234,24 +265,66 @@ class Outcome:
     wall_s: float
     processed: int
     bench: dict | None
+    interrupted: bool = False
 
 
-def make_runner(args):
+def make_runner(args, options):
     from harness.runners import LocalRunner, RayRunner
 
     if args.no_ray:
         return LocalRunner()
-    return RayRunner(address=args.address, resources=args.resources, max_retries=args.max_retries)
+    return RayRunner(address=args.address, resources=args.resources, max_retries=args.max_retries,
+                     options=options)
+
+
+class Interrupts:
+    """Stopping a run by hand. Ctrl-C: the first stops starting videos and lets those in flight
+    finish (bounded by the timeouts) and be written; the second stops at once. SIGTERM (``ray
+    job stop``, which sends SIGKILL 3 s later) stops at once. Stopping at once still writes what
+    was recorded; the same command resumes."""
+
+    def __init__(self, runner) -> None:
+        self.runner, self.count, self.previous = runner, 0, {}
+
+    def __enter__(self) -> "Interrupts":
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in ((signal.SIGINT, self._ctrl_c), (signal.SIGTERM, self._terminate)):
+                self.previous[sig] = signal.signal(sig, handler)
+        return self
+
+    def _ctrl_c(self, signum, frame) -> None:
+        self.count += 1
+        if self.count > 1:
+            raise KeyboardInterrupt
+        print("\ninterrupted: starting no new video; finishing those in flight (Ctrl-C again to"
+              " stop at once)", file=sys.stderr)
+        self.runner.stop()
+
+    def _terminate(self, signum, frame) -> None:
+        self.count += 1
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 def evaluate(job: Job, runner, args: argparse.Namespace,
              on_result: Callable[[VideoResult], None] | None = None) -> Outcome:
     """Start the runner, stream the job's videos through it, run the benchmark loops;
-    results are written as they arrive and the runner is always closed."""
+    results are written as they arrive (and at least every few seconds), a systematic
+    failure stops the run, and the runner is always closed."""
     from harness import bench as benchmod
     from harness import results
+    from harness.breaker import CircuitBreaker
 
     writer = None if args.bench_only else results.ResultWriter(job.work, batch_size=args.flush_every)
+    # A fresh short list is judged at its length; a resume retrying a few failures is not
+    # judged by them alone (they may well be the broken files, on --retry-failed).
+    window = job.options.failure_window
+    if len(job.todo) == len(job.entries):
+        window = min(window, max(1, len(job.todo)))
+    breaker = CircuitBreaker(window=window, max_rate=job.options.max_failure_rate)
     progress = Progress(0, 0, enabled=False)   # the real bar starts once the devices are ready
     processed = 0
 
@@ -262,30 +335,36 @@ def evaluate(job: Job, runner, args: argparse.Namespace,
         progress.update(result)
         if on_result is not None:
             on_result(result)
+        breaker.observe(result)
 
+    def tick() -> None:
+        writer.flush_if_due()
+
+    interrupts = Interrupts(runner)
     try:
-        sessions = runner.start(job.spec, job.plan, job.decoder, args.decoders)
-        url = getattr(runner, "dashboard_url", None)
-        if url:
-            print_dashboard(url)
-        progress = Progress(len(job.entries), len(job.entries) - len(job.todo),
-                            enabled=not args.no_progress and not args.bench_only)
-        start = time.perf_counter()
-        stats = RunStats() if args.bench_only else runner.evaluate(job.todo, record)
-        wall = time.perf_counter() - start
-        if writer is not None:
-            writer.close()
-        bench = None
-        if args.bench_loops:
-            bench = benchmod.bench_stats(runner.bench(args.bench_loops), args.bench_loops)
-            if not args.bench_only:
-                benchmod.add_efficiency(bench, processed / wall if wall > 0 and processed else None)
+        with interrupts:
+            sessions = runner.start(job.spec, job.plan, job.decoder, args.decoders)
+            url = getattr(runner, "dashboard_url", None)
+            if url:
+                print_dashboard(url)
+            progress = Progress(len(job.entries), len(job.entries) - len(job.todo),
+                                enabled=not args.no_progress and not args.bench_only)
+            start = time.perf_counter()
+            stats = RunStats() if args.bench_only else runner.evaluate(job.todo, record, tick)
+            wall = time.perf_counter() - start
+            if writer is not None:
+                writer.close()
+            bench = None
+            if args.bench_loops and not interrupts.count:
+                bench = benchmod.bench_stats(runner.bench(args.bench_loops), args.bench_loops)
+                if not args.bench_only:
+                    benchmod.add_efficiency(bench, processed / wall if wall > 0 and processed else None)
     finally:
         progress.close()
         if writer is not None:
             writer.close()
         runner.close()
-    return Outcome(stats, sessions, wall, processed, bench)
+    return Outcome(stats, sessions, wall, processed, bench, interrupted=bool(interrupts.count))
 
 
 def print_dashboard(url: str) -> None:
@@ -313,13 +392,16 @@ def finish(job: Job, outcome: Outcome, args: argparse.Namespace) -> dict:
         summary = results.summarize(
             table, wall_s=outcome.wall_s, processed=outcome.processed, backend=job.spec.backend,
             artifact=job.artifact, bench=outcome.bench,
-            extra={"retries": outcome.stats.retries, "actor_deaths": outcome.stats.actor_deaths,
-                   "decoder_deaths": outcome.stats.decoder_deaths, "sessions": outcome.sessions,
+            extra={"faults": outcome.stats.as_dict(), "interrupted": outcome.interrupted,
+                   "sessions": outcome.sessions,
                    "work_dir": str(job.work), "ann_file": job.ann_file,
                    "data_prefix": job.data_prefix, "limit": args.limit, "ray": not args.no_ray,
                    "config": str(job.cfg.get("_harness_config_path"))})
     results.write_summary(job.work, summary)
-    write_report(job.work, summary, table.to_pylist(), class_names(job.cfg, args))
+    try:
+        write_report(job.work, summary, table.to_pylist(), class_names(job.cfg, args))
+    except OSError as exc:
+        raise results.work_dir_error(job.work, exc) from exc
     return summary
 
 
@@ -327,7 +409,7 @@ def execute(args: argparse.Namespace,
             on_result: Callable[[VideoResult], None] | None = None) -> dict:
     """The whole run: prepare, evaluate, finish; returns the summary (also in the work dir)."""
     job = prepare(args)
-    outcome = evaluate(job, make_runner(args), args, on_result)
+    outcome = evaluate(job, make_runner(args, job.options), args, on_result)
     return finish(job, outcome, args)
 
 
@@ -360,6 +442,7 @@ def format_table(summary: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cli.setup_logging(args)
+    resume = "python -m harness.run " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
         if args.demo:
             from harness import demo
@@ -368,6 +451,9 @@ def main(argv: list[str] | None = None) -> int:
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"stopped. What was recorded is in the work dir; resume with: {resume}", file=sys.stderr)
+        return 130
     from harness.bench import format_bench
 
     if not args.bench_only:
@@ -379,6 +465,10 @@ def main(argv: list[str] | None = None) -> int:
     manifest = (summary.get("artifact") or {}).get("manifest")
     if manifest:
         print(f"model artifact: {Path(manifest).parent}")
+    if summary.get("interrupted"):
+        print(f"interrupted: {summary.get('videos_total')} of the list's videos recorded; resume"
+              f" with: {resume}", file=sys.stderr)
+        return 130
     if args.demo:
         from harness import demo
         if not demo.check(summary):

@@ -3,25 +3,31 @@
 Both have one interface, so ``harness.run`` has no Ray / no-Ray branches:
 
     descriptions = runner.start(spec, plan, decoder, decoders)   # sessions loaded
-    stats = runner.evaluate(entries, record)                     # record(VideoResult) per video
+    stats = runner.evaluate(entries, record, tick)               # record(VideoResult) per video
+    runner.stop()                                                # (Ctrl-C) start nothing new
     reports = runner.bench(loops)                                # on the same live actors
     runner.close()
 
 The local runner is deliberately the simplest possible loop (one video at a time, actors in
-turn): it is the oracle the distributed runs are compared against in the tests.
+turn, no timeouts): it is the oracle the distributed runs are compared against in the tests.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 from typing import Callable, Iterable
 
 from harness.backends import ModelSpec
 from harness.cluster import DevicePlan
-from harness.scheduler import RunStats
+from harness.config import RunOptions
+from harness.scheduler import RunStats, Timeouts
 from harness.stages import INFERENCE_FAILED, DecodeWorker, InferenceActor, VideoResult
 
 log = logging.getLogger(__name__)
+
+BUFFER_SHARE = 0.10        # of the object store: the most decoded clips waiting for devices
 
 
 class LocalRunner:
@@ -30,6 +36,7 @@ class LocalRunner:
     def __init__(self) -> None:
         self.actors: list[InferenceActor] = []
         self.worker: DecodeWorker | None = None
+        self.stopping = False
 
     def start(self, spec: ModelSpec, plan: DevicePlan, decoder, decoders: int | None = None) -> list[dict]:
         self.actors = [InferenceActor(spec, plan.kind, slot, 1, metrics=False)
@@ -37,8 +44,11 @@ class LocalRunner:
         self.worker = DecodeWorker(decoder, metrics=False) if decoder is not None else None
         return [a.describe() for a in self.actors]
 
-    def evaluate(self, entries: Iterable, record: Callable[[VideoResult], None]) -> RunStats:
+    def evaluate(self, entries: Iterable, record: Callable[[VideoResult], None],
+                 tick: Callable[[], None] | None = None) -> RunStats:
         for n, entry in enumerate(entries):
+            if self.stopping:
+                break
             status, views = self.worker.decode(entry.index, entry.path)
             if not status["ok"]:
                 record(VideoResult.failed(entry, status["reason"], status["message"], status["node"]))
@@ -51,7 +61,12 @@ class LocalRunner:
                                           f"{entry.path}: {type(exc).__name__}: {exc}"))
                 continue
             record(VideoResult.scored(entry, out))
+            if tick is not None:
+                tick()
         return RunStats()
+
+    def stop(self) -> None:
+        self.stopping = True
 
     def bench(self, loops: int) -> list[dict]:
         return [a.bench(loops) for a in self.actors]
@@ -63,36 +78,70 @@ class LocalRunner:
 
 class RayRunner:
     """Decode workers and one inference actor per device on a Ray cluster, fed by the
-    streaming :class:`harness.scheduler.Scheduler`."""
+    streaming :class:`harness.scheduler.Scheduler` (timeouts, retries, growing decoders)."""
 
     def __init__(self, address: str | None = None, resources: dict | None = None,
-                 max_retries: int = 2) -> None:
+                 max_retries: int = 2, options: RunOptions = RunOptions()) -> None:
         self.address, self.resources, self.max_retries = address, resources, max_retries
+        self.options = options
         self.actors: list = []
         self.decoders: list = []
         self.started = False
         self.dashboard_url: str | None = None
+        self.scheduler = None
+        self._decoder = None
+        self._max_decoders = 0
+        self._clip_bytes: int | None = None
 
     def start(self, spec: ModelSpec, plan: DevicePlan, decoder, decoders: int | None = None) -> list[dict]:
         from harness import cluster
 
         self.started, self.dashboard_url = cluster.connect(self.address, self.resources, plan, decoders)
-        count = cluster.check_cluster(plan, 0 if decoder is None else decoders)
-        self.actors, self.decoders, descriptions = cluster.start_actors(spec, plan, decoder, count)
+        initial, self._max_decoders = cluster.wait_for_devices(plan, decoders, self.options.wait)
+        if decoder is None:
+            initial = self._max_decoders = 0
+        spec = cluster.put_model_file(spec)
+        self.actors, self.decoders, descriptions = cluster.start_actors(
+            spec, plan, decoder, initial, startup_s=self.options.startup_timeout)
+        self._decoder = decoder
+        if decoder is not None and decoder.view_shape is not None:
+            self._clip_bytes = decoder.views * math.prod(decoder.view_shape)
         for d in descriptions:
             log.info("inference actor %s on %s: input %s %s", d["device"], d["node"],
                      d["input_shape"], d["input_dtype"])
         return descriptions
 
-    def evaluate(self, entries: Iterable, record: Callable[[VideoResult], None]) -> RunStats:
-        from harness.scheduler import Scheduler
+    def evaluate(self, entries: Iterable, record: Callable[[VideoResult], None],
+                 tick: Callable[[], None] | None = None) -> RunStats:
+        import ray
 
-        return Scheduler(self.decoders, self.actors, max_retries=self.max_retries).run(entries, record)
+        from harness import cluster
+        from harness.scheduler import RayCalls, Scheduler
+
+        o = self.options
+        store = ray.cluster_resources().get("object_store_memory")
+        numbers = itertools.count(len(self.decoders))    # names of replacements and additions
+        self.scheduler = Scheduler(
+            self.decoders, self.actors, max_retries=self.max_retries,
+            max_decoders=self._max_decoders, clip_bytes=self._clip_bytes,
+            buffer_bytes=int(BUFFER_SHARE * store) if store else None,
+            timeouts=Timeouts(decode=o.decode_timeout, infer=o.infer_timeout, startup=o.startup_timeout),
+            calls=RayCalls(new_decoder=lambda: cluster.start_decoder(self._decoder, next(numbers))))
+        try:
+            return self.scheduler.run(entries, record, tick)
+        finally:
+            self.decoders = list(self.scheduler.decoders.handles)   # replacements, growth
+
+    def stop(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()
 
     def bench(self, loops: int) -> list[dict]:
         import ray
 
-        return ray.get([a.bench.remote(loops) for a in self.actors])
+        per_call = self.options.infer_timeout or Timeouts().infer_first
+        return ray.get([a.bench.remote(loops) for a in self.actors],
+                       timeout=self.options.startup_timeout + (loops + 1) * per_call)
 
     def close(self) -> None:
         from harness import cluster

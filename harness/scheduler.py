@@ -8,36 +8,62 @@ workers in tests/test_scheduler.py:
 1. **Pull, never split.** Entries are taken from the iterator one at a time, only when a
    decode worker is idle and the decoded-clip buffer has room; retried videos go first.
 2. **Bounded memory.** At most ``buffer`` videos are decoding or decoded and waiting for an
-   actor, and at most ``depth`` are queued at each inference actor: the object store holds at
-   most ``buffer + depth x actors`` clips, whatever the list's length.
+   actor (``max(actors, decoders)``, and at most ``buffer_bytes`` of clips), and at most
+   ``depth`` are queued at each inference actor: the object store's working set is bounded
+   whatever the list's length.
 3. **Least busy first.** A decoded clip goes to the live actor with the fewest queued videos
    (the lowest index on ties); a decode goes to the first idle live worker.
 4. **A broken video is recorded, not retried.** A decode worker's failure record keeps its
-   reason; an exception inside a decode is ``decode failed``, inside inference
-   ``inference failed`` (the same input would fail the same way).
+   reason (``timeout`` when the worker gave up on a read); an exception inside a decode is
+   ``decode failed``, inside inference ``inference failed`` (the same input fails the same way).
 5. **A death is retried.** When a worker or actor dies (Ray restarts it), every video it held is
-   retried, up to ``max_retries`` times each, then recorded ``worker died``.
+   retried. The video it was running when it died is charged an attempt (``max_retries`` each,
+   then it is recorded ``worker died``); those queued behind it are requeued free. A decoded
+   clip lost with its node is charged to the decode worker that made it, not to the actor.
 6. **One death is one death.** However many videos a member held when it died, that is one
    death of that member; a member that died more than ``max_restarts`` times (Ray's restart
-   budget) is not used again. A pool with no live member while work remains stops the run
+   budget) is not used again. A pool with no usable member while work remains stops the run
    with an error naming it.
-7. **Once.** Each list index is recorded at most once; a second result is dropped with a
-   warning.
+7. **Every wait is bounded.** The driver never blocks on one task: it wakes at least every
+   ``TICK_S``. A decode that outlives ``decode_timeout`` (plus a grace: the worker enforces the
+   timeout itself and answers ``timeout``) is recorded ``timeout``, and its worker is killed and
+   replaced by a new one (a reader stuck in the kernel may never die: it is abandoned, not
+   waited for). An inference call that outlives its budget gets its actor killed and restarted;
+   the video is retried, and recorded ``timeout`` when it timed out on every attempt. A call's
+   clock starts when the actor could start it (after its previous call), not when it was queued.
+8. **A member that cannot serve is set aside.** An actor whose session cannot open (after a
+   restart) is removed from the pool with its error; its videos go elsewhere, and a pool left
+   with nobody stops the run with that error. A new or restarted member is used once it
+   answers a probe within ``startup_timeout``.
+9. **Once.** Each list index is recorded at most once; a second result is dropped with a warning.
+10. **Decoders follow demand.** With ``max_decoders`` above the pool's size, the scheduler adds
+    decode workers while the measured decode time x the devices' measured rate says the
+    devices would wait for clips.
+11. **Stop.** After :meth:`Scheduler.stop` no new video starts; what is in flight finishes.
 
-The Ray calls go through :class:`RayCalls`; tests substitute a deterministic fake.
+The Ray calls go through :class:`RayCalls`; tests substitute a deterministic fake on a virtual
+clock.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import math
+import statistics
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 from harness.errors import HarnessError
-from harness.stages import INFERENCE_FAILED, WORKER_DIED, Metrics, VideoResult
+from harness.stages import (INFERENCE_FAILED, TIMEOUT, WORKER_DIED, Metrics, SessionUnavailable,
+                            VideoResult)
 
 log = logging.getLogger(__name__)
+
+TICK_S = 1.0                 # the longest the driver waits without looking around
+DECODE_GRACE_S = 30.0        # beyond the worker's own decode timeout, before the driver acts
+STALL_REPORT_S = 30.0        # how often a long-running video is named in the log
 
 
 @dataclass
@@ -49,6 +75,18 @@ class Entry:
     label: int
 
 
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds a task may take before the driver acts (docs/running.md, "Timeouts")."""
+
+    decode: float = 300.0            # one video in a decode worker
+    infer: float | None = None       # one video on a device; None: adaptive (infer_budget)
+    startup: float = 900.0           # a new or restarted member's first answer (model load)
+    infer_first: float = 900.0       # adaptive: before 3 calls have finished (warm-up)
+    infer_min: float = 120.0         # adaptive: the floor ...
+    infer_factor: float = 20.0       # ... and the multiple of the median call
+
+
 @dataclass
 class RunStats:
     """What happened to the workers during one run (summary.json)."""
@@ -56,10 +94,23 @@ class RunStats:
     retries: int = 0
     actor_deaths: int = 0
     decoder_deaths: int = 0
+    decode_timeouts: int = 0
+    infer_timeouts: int = 0
+    decoders_replaced: int = 0
+    decoders_added: int = 0
+    views_lost: int = 0
+    set_aside: list = field(default_factory=list)   # {"pool", "member", "error"}
+
+    def as_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, list) else v) for k, v in self.__dict__.items()}
 
 
 class WorkerLost(Exception):
-    """The worker or actor that held a task died (or its result object was lost)."""
+    """The worker or actor that held a task died."""
+
+
+class ViewsLost(Exception):
+    """A decoded clip an actor needed was lost (its node died): the decoder's loss."""
 
 
 class TaskFailed(Exception):
@@ -67,85 +118,158 @@ class TaskFailed(Exception):
 
 
 class RayCalls:
-    """The Ray calls the scheduler makes, and Ray's errors in the two kinds it tells apart."""
+    """The Ray calls the scheduler makes, and Ray's errors in the kinds it tells apart.
 
-    def decode(self, worker, entry) -> tuple[Any, Any]:
+    ``new_decoder`` makes one more decode worker (replacements, growth); None disables both.
+    """
+
+    def __init__(self, new_decoder: Callable[[], Any] | None = None) -> None:
+        self._new_decoder = new_decoder
+
+    def clock(self) -> float:
+        return time.monotonic()
+
+    def decode(self, worker, entry, timeout: float) -> tuple[Any, Any]:
         """Start decoding ``entry``: ``(status ref, views ref)``."""
-        return worker.decode.options(num_returns=2).remote(entry.index, entry.path)
+        return worker.decode.options(num_returns=2).remote(entry.index, entry.path, timeout)
 
     def infer(self, actor, index: int, views_ref) -> Any:
         return actor.infer.remote(index, views_ref)
 
-    def wait(self, refs: list) -> Any:
-        """One finished reference among ``refs``."""
+    def probe(self, handle) -> Any:
+        """A reference that resolves once ``handle`` serves (its constructor finished)."""
+        return handle.probe.remote()
+
+    def wait(self, refs: list, timeout: float) -> Any | None:
+        """One finished reference among ``refs``, or None after ``timeout`` seconds."""
         import ray
 
-        done, _ = ray.wait(refs, num_returns=1)
-        return done[0]
+        done, _ = ray.wait(refs, num_returns=1, timeout=timeout)
+        return done[0] if done else None
 
     def get(self, ref) -> Any:
+        """The value of a finished reference (never blocks: the scheduler asks only for those)."""
         import ray
-        from ray.exceptions import ObjectLostError, OwnerDiedError, RayActorError, RayTaskError
+        from ray.exceptions import (ObjectLostError, OwnerDiedError, RayActorError, RayTaskError,
+                                    WorkerCrashedError)
 
         try:
-            return ray.get(ref)
-        except (RayActorError, ObjectLostError, OwnerDiedError) as exc:
+            return ray.get(ref, timeout=TICK_S)
+        except (ObjectLostError, OwnerDiedError) as exc:
+            raise ViewsLost(type(exc).__name__) from exc
+        except (RayActorError, WorkerCrashedError) as exc:
             raise WorkerLost(type(exc).__name__) from exc
         except RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, (ObjectLostError, OwnerDiedError)):
+                raise ViewsLost(type(cause).__name__) from exc
+            if isinstance(cause, SessionUnavailable):
+                raise SessionUnavailable(str(cause)) from exc
             lines = str(exc).strip().splitlines()
             raise TaskFailed(lines[-1] if lines else type(exc).__name__) from exc
 
+    def restart(self, handle) -> None:
+        """Kill an actor; Ray restarts it (within its max_restarts)."""
+        import ray
+
+        ray.kill(handle, no_restart=False)
+
+    def replace(self, handle) -> Any | None:
+        """Kill a decode worker for good (never waiting for it) and make a new one."""
+        import ray
+
+        try:
+            ray.kill(handle, no_restart=True)
+        except Exception:  # already gone
+            pass
+        return self.new_decoder()
+
+    def new_decoder(self) -> Any | None:
+        return self._new_decoder() if self._new_decoder else None
+
 
 class Pool:
-    """The members of one stage (decode workers or inference actors): their queued work,
-    deaths and whether they may still be used."""
+    """The members of one stage (decode workers or inference actors): their queued tickets,
+    deaths and whether they may be used."""
 
     def __init__(self, name: str, handles: list, depth: int, max_restarts: int) -> None:
         if not handles:
             raise HarnessError(f"no {name}s")
-        self.name, self.handles, self.depth, self.max_restarts = name, list(handles), depth, max_restarts
-        self.load = [0] * len(handles)
-        self.deaths = [0] * len(handles)   # also the member's incarnation: a ticket remembers it
-        self.alive = [True] * len(handles)
+        self.name, self.depth, self.max_restarts = name, depth, max_restarts
+        self.handles: list = []
+        self.queue: list[collections.deque] = []    # tickets in submission order (Ray runs them so)
+        self.incarnation: list[int] = []            # which process of the member a ticket went to
+        self.deaths: list[int] = []                 # deaths of the member's current actor (Ray's budget)
+        self.last_done: list[float] = []            # when the member last finished a task
+        self.state: list[str] = []                  # "ready", "starting" (probe out) or "dead"
+        self.culprit: dict[tuple[int, int], Any] = {}   # (member, incarnation) -> the task it ran
+        for handle in handles:
+            self.add(handle, "ready")
+
+    def add(self, handle, state: str) -> int:
+        self.handles.append(handle)
+        self.queue.append(collections.deque())
+        self.incarnation.append(0)
+        self.deaths.append(0)
+        self.last_done.append(0.0)
+        self.state.append(state)
+        return len(self.handles) - 1
+
+    def replace(self, member: int, handle) -> None:
+        """A new actor in ``member``'s place: a new incarnation with a fresh restart budget;
+        whatever was queued at the old one is forgotten (never waited for)."""
+        self.handles[member] = handle
+        self.incarnation[member] += 1
+        self.deaths[member] = 0
+        self.queue[member].clear()
+
+    def load(self, member: int) -> int:
+        return len(self.queue[member])
 
     def pick(self) -> int | None:
-        """The live member with the fewest queued tasks below ``depth`` (lowest index on ties)."""
+        """The ready member with the fewest queued tasks below ``depth`` (lowest index on ties)."""
         best = None
-        for i, (alive, load) in enumerate(zip(self.alive, self.load)):
-            if alive and load < self.depth and (best is None or load < self.load[best]):
+        for i, state in enumerate(self.state):
+            load = len(self.queue[i])
+            if state == "ready" and load < self.depth and (best is None or load < len(self.queue[best])):
                 best = i
         return best
 
     def lost(self, member: int, incarnation: int) -> bool:
         """A task of ``member`` started in ``incarnation`` was lost; True if this is a new death
         (the member's other tasks of that incarnation are lost with it, not counted again)."""
-        if incarnation != self.deaths[member]:
+        if incarnation != self.incarnation[member]:
             return False
+        self.incarnation[member] += 1
         self.deaths[member] += 1
-        if self.deaths[member] > self.max_restarts:
-            self.alive[member] = False
+        if self.deaths[member] > self.max_restarts and self.state[member] != "dead":
+            self.state[member] = "dead"
             log.warning("%s %d died %d times: not used again", self.name, member, self.deaths[member])
         return True
 
-    def any_alive(self) -> bool:
-        return any(self.alive)
+    def usable(self) -> int:
+        """Members that serve now or may soon (ready or starting)."""
+        return sum(state != "dead" for state in self.state)
 
 
 @dataclass
 class _Work:
     entry: Any
     attempts: int = 0
+    timeouts: int = 0
 
 
 @dataclass
 class _Ticket:
-    """A task in flight: what it works on, on which member of which pool."""
+    """A task in flight: what it works on, on which member of which pool, since when."""
 
-    work: _Work
+    work: _Work | None             # None for a probe
     pool: Pool
     member: int
     incarnation: int
+    submitted: float
     views_ref: Any = None          # decodes: the views' reference, for the actor
+    maker: tuple[int, int] | None = None   # inference: (decoder, incarnation) that made the views
 
 
 @dataclass
@@ -154,58 +278,77 @@ class _RunState:
     record: Callable[[VideoResult], None]
     stats: RunStats = field(default_factory=RunStats)
     retry: collections.deque = field(default_factory=collections.deque)    # _Work
-    ready: collections.deque = field(default_factory=collections.deque)    # (_Work, views ref)
+    ready: collections.deque = field(default_factory=collections.deque)    # (_Work, views ref, maker)
     in_flight: dict = field(default_factory=dict)                          # ref -> _Ticket
     decoding: int = 0
     exhausted: bool = False
     recorded: set = field(default_factory=set)
+    decode_s: collections.deque = field(default_factory=lambda: collections.deque(maxlen=50))
+    infer_s: collections.deque = field(default_factory=lambda: collections.deque(maxlen=50))
+    last_stall_report: float = 0.0
 
-    def work_remains(self) -> bool:
-        return bool(self.ready or self.retry or not self.exhausted)
+    def work_remains(self, stopping: bool) -> bool:
+        return bool(self.ready or (not stopping and (self.retry or not self.exhausted)))
 
 
 class Scheduler:
     """Streams entries through live decode workers and inference actors (rules: module doc)."""
 
     def __init__(self, decoders: list, actors: list, depth: int = 2, max_retries: int = 2,
-                 max_restarts: int = 3, buffer: int | None = None, metrics: bool = True,
+                 max_restarts: int = 3, buffer: int | None = None, buffer_bytes: int | None = None,
+                 clip_bytes: int | None = None, max_decoders: int | None = None,
+                 timeouts: Timeouts = Timeouts(), metrics: bool = True,
                  calls: RayCalls | None = None) -> None:
         self.decoders = Pool("decode worker", decoders, 1, max_restarts)
         self.actors = Pool("inference actor", actors, depth, max_restarts)
-        self.buffer = buffer or max(len(actors), len(decoders))
+        self.fixed_buffer = buffer
+        self.byte_cap = (max(1, buffer_bytes // clip_bytes) if buffer_bytes and clip_bytes else None)
+        self.max_decoders = max(max_decoders or len(decoders), len(decoders))
         self.max_retries = max_retries
+        self.timeouts = timeouts
         self.metrics = Metrics(metrics)
         self.calls = calls or RayCalls()
+        self.stopping = False
 
-    def run(self, entries: Iterable, record: Callable[[VideoResult], None]) -> RunStats:
-        """Process every entry; ``record`` gets each video's result exactly once."""
+    @property
+    def buffer(self) -> int:
+        """Videos decoding or decoded and waiting (rule 2)."""
+        count = self.fixed_buffer or max(len(self.actors.handles), self.decoders.usable())
+        return max(1, min(count, self.byte_cap or count))
+
+    def stop(self) -> None:
+        """Start no new video; let what is in flight finish (rule 11)."""
+        self.stopping = True
+
+    def run(self, entries: Iterable, record: Callable[[VideoResult], None],
+            tick: Callable[[], None] | None = None) -> RunStats:
+        """Process every entry; ``record`` gets each video's result exactly once. ``tick`` is
+        called at least every ``TICK_S`` (flushing by time, progress, interrupts)."""
         run = _RunState(iter(entries), record)
+        checked = self.calls.clock()
         while True:
             self._start_decodes(run)
             self._route_clips(run)
             if not run.in_flight:
-                if run.work_remains():
+                if run.work_remains(self.stopping):
                     raise self._stuck()
                 return run.stats
-            ref = self.calls.wait(list(run.in_flight))
-            ticket = run.in_flight.pop(ref)
-            ticket.pool.load[ticket.member] -= 1
-            try:
-                value = self.calls.get(ref)
-            except WorkerLost as exc:
-                self._on_lost(run, ticket, str(exc))
-                continue
-            except TaskFailed as exc:
-                self._on_task_error(run, ticket, str(exc))
-                continue
-            if ticket.pool is self.decoders:
-                self._on_decoded(run, ticket, value)
-            else:
-                self._on_scored(run, ticket, value)
+            ref = self.calls.wait(list(run.in_flight), self._wait_s(run))
+            if tick is not None:
+                tick()
+            # budgets are checked at least every tick, also while other tasks keep finishing
+            if ref is None or self.calls.clock() - checked >= TICK_S:
+                checked = self.calls.clock()
+                self._expire(run)
+                self._report_stalls(run)
+            if ref is not None and ref in run.in_flight:
+                self._finished(run, run.in_flight.pop(ref), ref)
 
     # ------------------------------------------------------------ starting work
 
     def _next_work(self, run: _RunState) -> _Work | None:
+        if self.stopping:
+            return None
         if run.retry:
             return run.retry.popleft()
         if run.exhausted:
@@ -216,6 +359,10 @@ class Scheduler:
             return None
         return _Work(entry)
 
+    def _submit(self, run: _RunState, ref, ticket: _Ticket) -> None:
+        run.in_flight[ref] = ticket
+        ticket.pool.queue[ticket.member].append(ticket)
+
     def _start_decodes(self, run: _RunState) -> None:
         while run.decoding + len(run.ready) < self.buffer:
             member = self.decoders.pick()
@@ -224,10 +371,11 @@ class Scheduler:
             work = self._next_work(run)
             if work is None:
                 return
-            status_ref, views_ref = self.calls.decode(self.decoders.handles[member], work.entry)
-            run.in_flight[status_ref] = _Ticket(work, self.decoders, member,
-                                                self.decoders.deaths[member], views_ref)
-            self.decoders.load[member] += 1
+            status_ref, views_ref = self.calls.decode(self.decoders.handles[member], work.entry,
+                                                      self.timeouts.decode)
+            self._submit(run, status_ref, _Ticket(work, self.decoders, member,
+                                                  self.decoders.incarnation[member],
+                                                  self.calls.clock(), views_ref))
             run.decoding += 1
 
     def _route_clips(self, run: _RunState) -> None:
@@ -235,42 +383,109 @@ class Scheduler:
             member = self.actors.pick()
             if member is None:
                 return
-            work, views_ref = run.ready.popleft()
+            work, views_ref, maker = run.ready.popleft()
             ref = self.calls.infer(self.actors.handles[member], work.entry.index, views_ref)
-            run.in_flight[ref] = _Ticket(work, self.actors, member, self.actors.deaths[member])
-            self.actors.load[member] += 1
+            self._submit(run, ref, _Ticket(work, self.actors, member, self.actors.incarnation[member],
+                                           self.calls.clock(), views_ref, maker))
+
+    def _probe(self, run: _RunState, pool: Pool, member: int) -> None:
+        """Use ``member`` again once it answers (rule 8)."""
+        pool.state[member] = "starting"
+        ref = self.calls.probe(pool.handles[member])
+        self._submit(run, ref, _Ticket(None, pool, member, pool.incarnation[member], self.calls.clock()))
 
     # ------------------------------------------------------------ events
 
-    def _on_decoded(self, run: _RunState, ticket: _Ticket, status: dict) -> None:
-        run.decoding -= 1
-        if status["ok"]:
-            run.ready.append((ticket.work, ticket.views_ref))
+    def _finished(self, run: _RunState, ticket: _Ticket, ref) -> None:
+        pool, member = ticket.pool, ticket.member
+        queue = pool.queue[member]
+        running = queue[0] if queue else None        # Ray runs a member's tasks in order
+        if ticket in queue:
+            queue.remove(ticket)
+        pool.last_done[member] = self.calls.clock()
+        if ticket.pool is self.decoders and ticket.work is not None:
+            run.decoding -= 1
+        try:
+            value = self.calls.get(ref)
+        except SessionUnavailable as exc:
+            self._set_aside(run, ticket, str(exc))
+        except ViewsLost as exc:
+            if ticket.maker is None:   # a decode's own status: its worker's node went away
+                self._on_lost(run, ticket, f"{pool.name} died: {exc}", running)
+            else:
+                self._on_views_lost(run, ticket, str(exc))
+        except WorkerLost as exc:
+            self._on_lost(run, ticket, f"{pool.name} died: {exc}", running)
+        except TaskFailed as exc:
+            self._on_task_error(run, ticket, str(exc))
         else:
-            self._finish(run, VideoResult.failed(ticket.work.entry, status["reason"],
-                                                 status["message"], status.get("node")))
+            if ticket.work is None:
+                if pool.state[member] == "starting" and ticket.incarnation == pool.incarnation[member]:
+                    pool.state[member] = "ready"
+            elif pool is self.decoders:
+                self._on_decoded(run, ticket, value)
+            else:
+                self._on_scored(run, ticket, value)
+        self._scale_decoders(run)
+
+    def _on_decoded(self, run: _RunState, ticket: _Ticket, status: dict) -> None:
+        if status.get("seconds") is not None:
+            run.decode_s.append(float(status["seconds"]))
+        if status.get("replace_me"):   # the worker abandoned stuck reads: a fresh process
+            self._replace_decoder(run, ticket.member, "it abandoned stuck reads")
+        if status["ok"]:
+            run.ready.append((ticket.work, ticket.views_ref, (ticket.member, ticket.incarnation)))
+            return
+        if status["reason"] == TIMEOUT:
+            run.stats.decode_timeouts += 1
+        self._finish(run, VideoResult.failed(ticket.work.entry, status["reason"],
+                                             status["message"], status.get("node")))
 
     def _on_scored(self, run: _RunState, ticket: _Ticket, out: dict) -> None:
+        if out.get("seconds") is not None:
+            run.infer_s.append(float(out["seconds"]))
         self._finish(run, VideoResult.scored(ticket.work.entry, out))
 
     def _on_task_error(self, run: _RunState, ticket: _Ticket, message: str) -> None:
+        if ticket.work is None:  # a probe that raised: the member cannot serve
+            self._set_aside(run, ticket, message)
+            return
         decoding = ticket.pool is self.decoders
-        if decoding:
-            run.decoding -= 1
         self.metrics.failed("driver")
         self._finish(run, VideoResult.failed(ticket.work.entry,
                                              "decode failed" if decoding else INFERENCE_FAILED,
                                              f"{ticket.work.entry.path}: {message}"))
 
-    def _on_lost(self, run: _RunState, ticket: _Ticket, message: str) -> None:
-        if ticket.pool is self.decoders:
-            run.decoding -= 1
-        if ticket.pool.lost(ticket.member, ticket.incarnation):
-            if ticket.pool is self.decoders:
+    def _on_lost(self, run: _RunState, ticket: _Ticket, message: str, running) -> None:
+        """``running``: the member's task that was running when this loss was seen (the first
+        loss of a death names the culprit; the others of that death were queued behind it)."""
+        pool = ticket.pool
+        culprit = pool.culprit.setdefault((ticket.member, ticket.incarnation), running)
+        if pool.lost(ticket.member, ticket.incarnation):
+            if pool is self.decoders:
                 run.stats.decoder_deaths += 1
             else:
                 run.stats.actor_deaths += 1
-        work = ticket.work
+            if pool.state[ticket.member] != "dead":
+                self._probe(run, pool, ticket.member)   # Ray restarts it: use it once it answers
+        if ticket.work is None:
+            return
+        if culprit is None or culprit is ticket:         # it was running: charged an attempt
+            self._retry(run, ticket.work, message)
+        else:                                            # queued behind the one that was
+            run.stats.retries += 1
+            run.retry.append(ticket.work)
+
+    def _on_views_lost(self, run: _RunState, ticket: _Ticket, message: str) -> None:
+        """Rule 5: the clip's node died; the decoder that made it is charged, not the actor."""
+        run.stats.views_lost += 1
+        if ticket.maker is not None:
+            member, incarnation = ticket.maker
+            if self.decoders.lost(member, incarnation):
+                run.stats.decoder_deaths += 1
+        self._retry(run, ticket.work, f"its decoded clip was lost ({message})")
+
+    def _retry(self, run: _RunState, work: _Work, message: str, reason: str = WORKER_DIED) -> None:
         if work.attempts < self.max_retries:
             work.attempts += 1
             run.stats.retries += 1
@@ -278,8 +493,19 @@ class Scheduler:
             return
         self.metrics.failed("driver")
         self._finish(run, VideoResult.failed(
-            work.entry, WORKER_DIED,
-            f"{work.entry.path}: {ticket.pool.name} died: {message} ({work.attempts + 1} attempts)"))
+            work.entry, reason, f"{work.entry.path}: {message} ({work.attempts + 1} attempts)"))
+
+    def _set_aside(self, run: _RunState, ticket: _Ticket, error: str) -> None:
+        """Rule 8: the member cannot serve; its video (if any) goes elsewhere, unharmed."""
+        pool, member = ticket.pool, ticket.member
+        if pool.state[member] != "dead":
+            pool.state[member] = "dead"
+            run.stats.set_aside.append({"pool": pool.name, "member": member, "error": error})
+            log.warning("%s %d set aside: %s", pool.name, member, error)
+        if ticket.work is not None:
+            run.retry.append(ticket.work)
+        if not pool.usable():
+            raise HarnessError(f"no {pool.name} can serve: {error}")
 
     def _finish(self, run: _RunState, result: VideoResult) -> None:
         if result.index in run.recorded:
@@ -288,10 +514,140 @@ class Scheduler:
         run.recorded.add(result.index)
         run.record(result)
 
+    # ------------------------------------------------------------ time
+
+    def infer_budget(self, run: _RunState) -> float:
+        """Seconds one video may take on a device (rule 7): the configured value, else
+        ``infer_first`` until three calls finished, then ``infer_factor`` x their median."""
+        t = self.timeouts
+        if t.infer is not None:
+            return t.infer
+        if len(run.infer_s) < 3:
+            return t.infer_first
+        return max(t.infer_min, t.infer_factor * statistics.median(run.infer_s))
+
+    def _budget(self, run: _RunState, ticket: _Ticket) -> float:
+        if ticket.work is None:
+            return self.timeouts.startup
+        if ticket.pool is self.decoders:
+            return self.timeouts.decode + DECODE_GRACE_S
+        return self.infer_budget(run)
+
+    def _running(self, pool: Pool) -> Iterator[tuple[int, _Ticket, float]]:
+        """(member, the task it is running, since when) for every busy member."""
+        for member, queue in enumerate(pool.queue):
+            if queue:
+                head = queue[0]
+                yield member, head, max(head.submitted, pool.last_done[member])
+
+    def _wait_s(self, run: _RunState) -> float:
+        now = self.calls.clock()
+        soonest = TICK_S
+        for pool in (self.decoders, self.actors):
+            for _, ticket, since in self._running(pool):
+                soonest = min(soonest, since + self._budget(run, ticket) - now)
+        return max(0.0, soonest)
+
+    def _expire(self, run: _RunState) -> None:
+        """Rule 7: act on every task past its budget."""
+        now = self.calls.clock()
+        for pool in (self.decoders, self.actors):
+            for member, ticket, since in list(self._running(pool)):
+                if now - since < self._budget(run, ticket) - 1e-6:   # (float slack)
+                    continue
+                waited = now - since
+                for ref, t in list(run.in_flight.items()):
+                    if t is ticket:
+                        del run.in_flight[ref]
+                pool.queue[member].remove(ticket)
+                if ticket.work is None:
+                    self._set_aside(run, ticket, f"did not answer within {waited:.0f} s of (re)starting")
+                elif pool is self.decoders:
+                    self._decode_timed_out(run, ticket, waited)
+                else:
+                    self._infer_timed_out(run, ticket, waited)
+
+    def _decode_timed_out(self, run: _RunState, ticket: _Ticket, waited: float) -> None:
+        run.decoding -= 1
+        run.stats.decode_timeouts += 1
+        self._finish(run, VideoResult.failed(
+            ticket.work.entry, TIMEOUT, f"{ticket.work.entry.path}: no decode after {waited:.0f} s"
+            " (a stalled read? the decode worker was replaced)"))
+        self._replace_decoder(run, ticket.member, f"it did not answer for {waited:.0f} s")
+
+    def _replace_decoder(self, run: _RunState, member: int, why: str) -> None:
+        pool = self.decoders
+        new = self.calls.replace(pool.handles[member])
+        log.warning("decode worker %d replaced: %s", member, why)
+        for ref, ticket in list(run.in_flight.items()):   # the old process's probe, if any
+            if ticket.pool is pool and ticket.member == member:
+                del run.in_flight[ref]
+        if new is None:
+            pool.incarnation[member] += 1
+            pool.state[member] = "dead"
+            pool.queue[member].clear()
+            return
+        run.stats.decoders_replaced += 1
+        pool.replace(member, new)
+        self._probe(run, pool, member)
+
+    def _infer_timed_out(self, run: _RunState, ticket: _Ticket, waited: float) -> None:
+        run.stats.infer_timeouts += 1
+        pool, member = self.actors, ticket.member
+        pool.culprit[(member, ticket.incarnation)] = ticket     # the others queued are collateral
+        log.warning("video %d: no answer from inference actor %d after %.0f s: restarting it",
+                    ticket.work.entry.index, member, waited)
+        if pool.lost(member, ticket.incarnation):
+            run.stats.actor_deaths += 1
+        if pool.state[member] != "dead":
+            self.calls.restart(pool.handles[member])
+            self._probe(run, pool, member)
+        ticket.work.timeouts += 1
+        reason = TIMEOUT if ticket.work.timeouts == ticket.work.attempts + 1 else WORKER_DIED
+        self._retry(run, ticket.work, f"no answer from the device after {waited:.0f} s", reason)
+
+    def _report_stalls(self, run: _RunState) -> None:
+        """Name the video that has been running longest, when it is unusually long."""
+        now = self.calls.clock()
+        if now - run.last_stall_report < STALL_REPORT_S:
+            return
+        longest = None
+        for pool, typical in ((self.decoders, run.decode_s), (self.actors, run.infer_s)):
+            usual = statistics.median(typical) if typical else 0.0
+            for member, ticket, since in self._running(pool):
+                if ticket.work is not None and now - since > max(STALL_REPORT_S, 5 * usual):
+                    if longest is None or since < longest[2]:
+                        longest = (pool, member, since, ticket)
+        if longest is not None:
+            pool, member, since, ticket = longest
+            run.last_stall_report = now
+            log.warning("video %d (%s) has been on %s %d for %.0f s", ticket.work.entry.index,
+                        ticket.work.entry.path, pool.name, member, now - since)
+
+    # ------------------------------------------------------------ decoders follow demand
+
+    def _scale_decoders(self, run: _RunState) -> None:
+        """Rule 10: add a decode worker when the devices' measured rate needs more."""
+        if len(self.decoders.handles) >= self.max_decoders or len(run.decode_s) < 3 \
+                or len(run.infer_s) < 3 or self.stopping:
+            return
+        devices = sum(state == "ready" for state in self.actors.state)
+        rate = devices / max(statistics.median(run.infer_s), 1e-6)          # videos/s wanted
+        needed = math.ceil(1.2 * rate * statistics.median(run.decode_s))     # decoders for it
+        if needed > self.decoders.usable():
+            handle = self.calls.new_decoder()
+            if handle is None:
+                self.max_decoders = len(self.decoders.handles)
+                return
+            run.stats.decoders_added += 1
+            member = self.decoders.add(handle, "starting")
+            self._probe(run, self.decoders, member)
+            log.info("decoders: %d (devices would wait for clips)", len(self.decoders.handles))
+
     def _stuck(self) -> HarnessError:
-        """Work remains but nothing can run: a pool has no live member."""
+        """Work remains but nothing can run: a pool has no usable member."""
         for pool in (self.actors, self.decoders):
-            if not pool.any_alive():
+            if not pool.usable():
                 return HarnessError(f"every {pool.name} died and could not be restarted;"
                                     " see the Ray logs (`ray logs`, or the dashboard)")
         return HarnessError("the scheduler has work but nothing in flight (a bug: please report it)")

@@ -1,9 +1,11 @@
 """The pipeline's two stages, as plain classes, and the record of one video's outcome.
 
 - :class:`DecodeWorker`: a list entry -> the video's uint8 views, or a failure record.
-  Never imports torch.
+  Never imports torch. It enforces the decode timeout itself: a read that hangs (a stalled
+  network filesystem) is abandoned in its thread and the video answered ``timeout``.
 - :class:`InferenceActor`: one device's model session, loaded once; views -> per-video scores,
-  and the benchmark loops.
+  and the benchmark loops. A node that cannot see the model file gets its bytes through
+  Ray's object store into a node-local cache keyed by their sha256 (:func:`local_model_file`).
 - :class:`VideoResult`: one row of predictions.parquet.
 
 ``ray.remote`` is applied where work is arranged (harness.cluster), so the same classes run
@@ -13,19 +15,23 @@ Under Ray they report Ray metrics and their node; elsewhere those are no-ops.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
+import queue
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from harness.backends import ModelSpec, open_session
-from harness.errors import HarnessError
+from harness.errors import DeviceError, HarnessError
 from harness.scores import average_views, top_k
 
 log = logging.getLogger(__name__)
@@ -34,6 +40,12 @@ SECONDS_BUCKETS = [0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120]
 # Failure reasons the driver gives (a decode worker's own reasons: harness.data.decode.REASONS).
 WORKER_DIED = "worker died"
 INFERENCE_FAILED = "inference failed"
+TIMEOUT = "timeout"
+ABANDONED_READS_MAX = 3     # a decode worker with this many stuck reads asks to be replaced
+
+
+class SessionUnavailable(HarnessError):
+    """This actor cannot serve: its model session did not open (the message says why)."""
 
 
 # ------------------------------------------------------------------ records
@@ -75,13 +87,22 @@ def _in_ray_worker() -> bool:
     return bool(ray is not None and ray.is_initialized())
 
 
+_NODE_LABEL: str | None = None
+
+
 def node_label() -> str:
-    """This process's node for reports: hostname, plus Ray's node id (nodes may share a host)."""
-    host = socket.gethostname()
-    if _in_ray_worker():
-        import ray
-        return f"{host}:{ray.get_runtime_context().get_node_id()[:8]}"
-    return host
+    """This process's node for reports: the hostname, which stays the same when a later run
+    resumes on a new Ray instance; plus Ray's node id where several Ray nodes share the host."""
+    global _NODE_LABEL
+    if _NODE_LABEL is None:
+        host = _NODE_LABEL = socket.gethostname()
+        if _in_ray_worker():
+            import ray
+
+            same_host = [n for n in ray.nodes() if n.get("Alive") and n.get("NodeManagerHostname") == host]
+            if len(same_host) > 1:
+                _NODE_LABEL = f"{host}:{ray.get_runtime_context().get_node_id()[:8]}"
+    return _NODE_LABEL
 
 
 class Metrics:
@@ -118,6 +139,35 @@ class Metrics:
 
 # ------------------------------------------------------------------ stages
 
+class _Reader:
+    """One daemon thread that runs ``fn(path)``; a call that outlives its timeout leaves the
+    thread behind (a read stuck in the kernel cannot be interrupted) and is never joined."""
+
+    def __init__(self, fn: Callable[[str], np.ndarray]) -> None:
+        self.jobs: queue.Queue = queue.Queue()
+        self.fn = fn
+        threading.Thread(target=self._loop, daemon=True, name="decode").start()
+
+    def _loop(self) -> None:
+        while True:
+            path, box, done = self.jobs.get()
+            try:
+                box["value"] = self.fn(path)
+            except BaseException as exc:  # handed to the caller
+                box["error"] = exc
+            done.set()
+
+    def call(self, path: str, timeout: float) -> np.ndarray:
+        box: dict = {}
+        done = threading.Event()
+        self.jobs.put((path, box, done))
+        if not done.wait(timeout):
+            raise TimeoutError
+        if "error" in box:
+            raise box.pop("error")
+        return box.pop("value")
+
+
 class DecodeWorker:
     """Turns a list entry into the video's uint8 views, or a failure record.
 
@@ -135,16 +185,33 @@ class DecodeWorker:
         self.decoder = decoder
         self.metrics = Metrics(metrics)
         self.node = node_label()
+        self._reader: _Reader | None = None
+        self.abandoned = 0           # reads left hanging in their threads
 
-    def ready(self) -> str:
+    def probe(self) -> str:
         """The node this worker runs on (also: the worker has started)."""
         return self.node
 
-    def decode(self, index: int, path: str) -> tuple[dict, np.ndarray | None]:
-        """``(status, views)``: status has ok, reason, message, seconds, node."""
+    def decode(self, index: int, path: str, timeout: float | None = None) -> tuple[dict, np.ndarray | None]:
+        """``(status, views)``: status has ok, reason, message, seconds, node. With ``timeout``
+        the decode runs in this worker's reader thread and a video that takes longer is
+        answered ``timeout`` (``replace_me`` once several reads hang: a fresh process then)."""
         start = time.perf_counter()
         try:
-            views = np.ascontiguousarray(self.decoder(path), dtype=np.uint8)
+            if timeout is None:
+                views = self.decoder(path)
+            else:
+                if self._reader is None:
+                    self._reader = _Reader(self.decoder)
+                views = self._reader.call(path, timeout)
+            views = np.ascontiguousarray(views, dtype=np.uint8)
+        except TimeoutError:
+            self._reader = None          # abandoned with its stuck read; the next call gets a new one
+            self.abandoned += 1
+            self.metrics.failed("decode")
+            return ({"ok": False, "reason": TIMEOUT, "node": self.node,
+                     "message": f"{path}: no frames after {timeout:g} s (a stalled read?)",
+                     "replace_me": self.abandoned >= ABANDONED_READS_MAX}, None)
         except HarnessError as exc:  # DecodeError: a broken video, recorded and skipped
             self.metrics.failed("decode")
             return ({"ok": False, "reason": getattr(exc, "reason", "decode failed"),
@@ -157,6 +224,43 @@ class DecodeWorker:
         seconds = time.perf_counter() - start
         self.metrics.observe("harness_decode_seconds", "seconds to decode one video", "decode", seconds)
         return {"ok": True, "seconds": seconds, "node": self.node, "shape": views.shape}, views
+
+
+def artifact_cache_dir() -> Path:
+    """Where a node keeps model files it received through the cluster:
+    ``$HARNESS_CACHE_DIR/artifacts`` (default ``~/.cache/swin-k400-harness/artifacts``)."""
+    base = os.environ.get("HARNESS_CACHE_DIR") or Path.home() / ".cache" / "swin-k400-harness"
+    return Path(base) / "artifacts"
+
+
+def local_model_file(path: str, sha256: str | None, blob) -> str:
+    """``path`` when this node sees it (with the driver's content, when its sha256 is known);
+    else the file's bytes from ``blob`` (an ObjectRef the driver put), written once to the
+    node-local cache under their sha256 and verified."""
+    from harness.build import sha256_file
+
+    if os.path.isfile(path):
+        if not sha256 or sha256_file(path) == sha256:
+            return path
+        log.warning("%s on this node differs from the driver's: using the driver's bytes", path)
+    if blob is None or not sha256:
+        raise DeviceError(f"the model file {path} is not on this node ({node_label()}), and the"
+                          " driver did not send it (only runs on several nodes do)")
+    cached = artifact_cache_dir() / sha256 / Path(path).name
+    if cached.is_file():
+        return str(cached)               # written only after its hash was checked
+    import ray
+
+    data = ray.get(blob)
+    got = hashlib.sha256(data).hexdigest()
+    if got != sha256:
+        raise DeviceError(f"the model bytes received for {path} have sha256 {got}, not {sha256}")
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, cached)              # atomic: another actor on this node may race us
+    log.info("model file %s received through the cluster into %s", path, cached)
+    return str(cached)
 
 
 def _physical_id(kind: str, ordinal: int) -> str:
@@ -179,6 +283,9 @@ class InferenceActor:
     def __init__(self, spec: ModelSpec, device_kind: str, slot: int = 0, threads: int = 1,
                  metrics: bool = True, session=None) -> None:
         ordinal = 0 if (_in_ray_worker() and device_kind != "cpu") else slot
+        if spec.file_blob is not None and session is None:   # sent through the cluster
+            spec = spec.with_model_file(local_model_file(spec.model_file, spec.file_sha256,
+                                                         spec.file_blob))
         self.spec = spec
         self.kind = device_kind
         # ``session``: an already made Session (instruments such as benchmarks/pipeline.py)
@@ -188,6 +295,10 @@ class InferenceActor:
         self.node = node_label()
         self.metrics = Metrics(metrics)
         self._layout = call_layout(self.session.input_shape, spec.views_per_video)
+
+    def probe(self) -> dict:
+        """The actor serves (its session is open): :meth:`describe`."""
+        return self.describe()
 
     def describe(self) -> dict:
         """Where the actor runs and what its session wants."""

@@ -146,3 +146,55 @@ def test_an_artifact_without_an_om_says_how_to_get_one(inputs, tmp_path):
     assert ModelSpec.from_artifact(onnx_only, "onnxruntime").path == str(onnx_only / "model.onnx")
     with pytest.raises(ConfigError, match="no .om file.*set_env.sh"):
         ModelSpec.from_artifact(onnx_only, "om")
+
+
+def test_a_node_without_the_model_file_writes_the_received_bytes_once_verified(tmp_path, monkeypatch):
+    import hashlib
+    import types
+
+    from harness.errors import DeviceError
+    from harness.stages import local_model_file
+
+    data = b"model bytes" * 1000
+    digest = hashlib.sha256(data).hexdigest()
+    fetched = []
+    fake_ray = types.SimpleNamespace(get=lambda ref: fetched.append(ref) or ref,   # the blob: the bytes
+                                     is_initialized=lambda: False)
+    monkeypatch.setitem(sys.modules, "ray", fake_ray)
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
+    seen = tmp_path / "model.om"
+    seen.write_bytes(data)
+    assert local_model_file(str(seen), digest, data) == str(seen)          # visible: used as is
+    assert fetched == []
+    gone = "/nonexistent/build/art/model.om"
+    cached = local_model_file(gone, digest, data)
+    assert cached == str(tmp_path / "cache" / "artifacts" / digest / "model.om")
+    assert open(cached, "rb").read() == data and len(fetched) == 1
+    assert local_model_file(gone, digest, data) == cached and len(fetched) == 1   # once per node
+    seen.write_bytes(b"another node's stale copy")
+    assert local_model_file(str(seen), digest, data) == cached              # the driver's bytes
+    with pytest.raises(DeviceError, match="sha256"):
+        local_model_file("/nonexistent/other/model.om", "0" * 64, data)
+    with pytest.raises(DeviceError, match="not on this node"):
+        local_model_file(gone, None, None)
+
+
+@pytest.mark.parametrize("nodes_on_this_host, expect_id", [(1, False), (2, True)])
+def test_node_labels_stay_the_same_across_ray_instances(monkeypatch, nodes_on_this_host, expect_id):
+    """A resumed run starts a new Ray instance (new node ids): one node per host is labelled by
+    the hostname alone, so the summary lists each device once; several Ray nodes sharing a host
+    keep their node id to tell them apart."""
+    import socket
+    import types
+
+    from harness import stages
+
+    host = socket.gethostname()
+    nodes = [{"Alive": True, "NodeManagerHostname": host}] * nodes_on_this_host + \
+        [{"Alive": True, "NodeManagerHostname": "elsewhere"}]
+    context = types.SimpleNamespace(get_node_id=lambda: "abcdef0123456789")
+    fake_ray = types.SimpleNamespace(is_initialized=lambda: True, nodes=lambda: nodes,
+                                     get_runtime_context=lambda: context)
+    monkeypatch.setitem(sys.modules, "ray", fake_ray)
+    monkeypatch.setattr(stages, "_NODE_LABEL", None)
+    assert stages.node_label() == (f"{host}:abcdef01" if expect_id else host)

@@ -15,15 +15,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from importlib import metadata
 from pathlib import Path
 
 import pytest
+
+from chaos_support import LoopbackCluster, ray_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,34 +47,16 @@ def _demo(work: Path, env: dict, prefix: list[str] = ()) -> subprocess.Completed
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def other_cluster(tmp_path, cache):
-    """``ray start --head`` in its own process group (stopped by killing the group: ``ray stop``
-    would stop every Ray instance on the machine)."""
-    port = _free_port()
-    env = _env(cache)
-    env["RAY_AUTH_MODE"] = "token"
-    log = open(tmp_path / "ray-start.log", "w")
-    head = subprocess.Popen(["ray", "start", "--head", "--port", str(port), "--num-cpus", "1",
-                             "--include-dashboard=false", "--block"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    """``ray start --head`` (1 CPU, token auth) in its own process group: stopped by killing
+    the group, since ``ray stop`` would stop every Ray instance on the machine."""
+    cluster = LoopbackCluster(tmp_path, ray_env({"HARNESS_CACHE_DIR": str(cache)}))
     try:
-        deadline = time.monotonic() + 120
-        while "Ray runtime started" not in (tmp_path / "ray-start.log").read_text():
-            assert head.poll() is None, (tmp_path / "ray-start.log").read_text()
-            assert time.monotonic() < deadline, "ray start --head did not come up"
-            time.sleep(0.5)
-        yield f"127.0.0.1:{port}"
-    finally:  # the whole group (GCS, raylet, workers) at once: a graceful stop takes 30 s
-        os.killpg(head.pid, signal.SIGKILL)
-        head.wait()
-        log.close()
+        cluster.head(cpus=1)
+        yield cluster.address
+    finally:
+        cluster.stop()
 
 
 EXPOSED_LISTENERS = """

@@ -10,7 +10,7 @@ at tests/doubles/set_env.sh, which puts the ATC, pyACL and aclruntime doubles on
 paths, so Ray finds two (fake) chips per node as it would on an Ascend host.
 
 Substitutions, and nothing else: set_env.sh's path, ``<head ip>`` -> 127.0.0.1, the Ray
-port -> a free one. The GPU command cannot succeed on a machine without GPUs: it must
+and dashboard ports -> free ones. The GPU command cannot succeed on a machine without GPUs: it must
 stop before any work with exit status 2 and a message naming the GPUs.
 """
 
@@ -135,11 +135,11 @@ def _scores(work_dir: Path) -> dict[int, list[float]]:
 def test_every_readme_command_runs(tmp_path):
     ws = tmp_path / "ws"
     expected = _write_workspace(ws)
-    port = str(_free_port())
     substitutions = {
         "/usr/local/Ascend/ascend-toolkit/set_env.sh": str(DOUBLES / "set_env.sh"),
         "<head ip>": "127.0.0.1",
-        "6379": port,
+        "6379": str(_free_port()),
+        "8265": str(_free_port()),
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # this venv's python/ray

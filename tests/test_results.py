@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -115,3 +116,47 @@ def test_job_table_keeps_one_row_per_index_and_the_limit(tmp_path):
     assert limited.column("index").to_pylist() == [0, 1]
     summary = results.summarize(limited, wall_s=1.0, processed=2, backend="om", artifact={})
     assert summary["videos_total"] == 2 and summary["top1"] == 1.0
+
+
+def test_a_later_row_for_a_video_replaces_the_earlier_one(tmp_path):
+    writer = results.ResultWriter(tmp_path, batch_size=1)
+    writer.add(VideoResult(3, "c.mp4", 1, "failed", "timeout", "c.mp4: no frames"))   # run 1
+    writer.add(_ok(3, 1, [0.2, 0.8]))                                                # resumed run
+    writer.close()
+    row = results.read_predictions(tmp_path).to_pylist()
+    assert len(row) == 1 and row[0]["status"] == "ok"
+
+
+def test_a_resume_retries_transient_failures_only_unless_asked(tmp_path):
+    writer = results.ResultWriter(tmp_path)
+    writer.add(_ok(0, 0, [1.0, 0.0]))
+    for i, reason in enumerate(["worker died", "timeout", "inference failed", "missing", "empty",
+                                "decode failed"], start=1):
+        writer.add(VideoResult(i, f"v{i}.mp4", 0, "failed", reason, reason))
+    writer.close()
+    assert results.done_indices(tmp_path) == {0, 4, 5, 6}        # the file's own failures stay
+    assert results.done_indices(tmp_path, retry_failed=True) == {0}
+
+
+def test_one_driver_per_work_dir_and_the_lock_dies_with_its_holder(tmp_path):
+    import subprocess
+    import sys
+
+    held = results.lock_work_dir(tmp_path)
+    code = ("import sys; from harness import results\n"
+            "try:\n    results.lock_work_dir(sys.argv[1])\nexcept results.WorkDirError as e:\n"
+            "    print(e); sys.exit(3)\n")
+    other = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
+    assert other.returncode == 3 and "in use by another harness.run" in other.stdout
+    assert f"pid {os.getpid()}" in other.stdout
+    held.close()                                                  # (a dead process closes it too)
+    assert subprocess.run([sys.executable, "-c", code, str(tmp_path)]).returncode == 0
+
+
+def test_an_unwritable_work_dir_is_one_clear_error(tmp_path):
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where the work dir should be")
+    with pytest.raises(results.WorkDirError, match="cannot write results in .*results.*Fix"):
+        results.prepare_work_dir(blocker, _identity())
+    with pytest.raises(results.WorkDirError):
+        results.ResultWriter(blocker)

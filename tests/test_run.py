@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from harness import results
+from harness.errors import DeviceError
 from harness.run import execute, main, parse_args
 from pipeline_support import (BROKEN, CONFIG, REPO, run_args, scores_by_index, shared_inputs,
                               use_fake_aclruntime, worker_pythonpath)
@@ -38,7 +39,7 @@ def cluster(inputs, tmp_path_factory):
     import ray
 
     records = tmp_path_factory.mktemp("acl-records")
-    ray.init(num_cpus=4, resources={"NPU": 2}, include_dashboard=False,
+    ray.init(address="local", num_cpus=4, resources={"NPU": 2}, include_dashboard=False,
              logging_level=logging.WARNING, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": worker_pythonpath(),
                                        "FAKE_ACL_RECORD_DIR": str(records)}})
@@ -128,7 +129,7 @@ def test_inference_actor_killed_mid_run(inputs, cluster, oracle, tmp_path):
     summary = execute(parse_args(run_args(inputs, tmp_path, "--cpus", "2")), on_result=kill_one)
     assert_same_as_oracle(tmp_path, summary, oracle)
     assert sorted(seen) == sorted(set(seen))                    # reported once each
-    assert summary["actor_deaths"] >= 1 and summary["retries"] >= 1
+    assert summary["faults"]["actor_deaths"] >= 1 and summary["faults"]["retries"] >= 1
 
 
 def test_asking_for_npus_the_cluster_lacks(inputs, cluster, tmp_path, capsys):
@@ -208,3 +209,86 @@ def test_limit_then_the_whole_list_resumes(inputs, oracle, tmp_path):
     summary = execute(parse_args(run_args(inputs, tmp_path, "--cpus", "1", "--no-ray")))
     assert summary["videos_this_run"] == oracle[0]["videos_total"] - 4
     assert_same_as_oracle(tmp_path, summary, oracle)
+
+
+def _driver(inputs, work, *extra):
+    import ray
+
+    argv = run_args(inputs, work, "--cpus", "1", "--decoders", "1", "--flush-every", "2",
+                    *extra, ann=inputs.long_list)
+    env = dict(os.environ, PYTHONPATH=worker_pythonpath(), RAY_ADDRESS="")
+    cmd = [sys.executable, "-m", "harness.run", *argv, "--address",
+           ray.get_runtime_context().gcs_address]
+    return argv, subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_parts(work, driver, count: int) -> None:
+    parts = work / results.PREDICTIONS
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and driver.poll() is None:
+        if parts.is_dir() and len(list(parts.glob("part-*.parquet"))) >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(driver.stderr.read()[-2000:] if driver.poll() is not None else "no parts")
+
+
+def test_ctrl_c_finishes_what_is_in_flight_and_says_how_to_resume(inputs, cluster, tmp_path):
+    work = tmp_path / "work"
+    argv, driver = _driver(inputs, work)
+    _wait_for_parts(work, driver, 2)
+    driver.send_signal(signal.SIGINT)
+    started = time.monotonic()
+    out, err = driver.communicate(timeout=60)
+    assert driver.returncode == 130, err[-2000:]
+    assert time.monotonic() - started < 30                      # in flight: a few videos at most
+    assert "finishing those in flight" in err and "resume with: python -m harness.run" in err
+    done = results.done_indices(work)
+    total = len(inputs.long_list.read_text().splitlines())
+    assert 0 < len(done) < total
+    summary = execute(parse_args(argv))                         # the same command resumes
+    assert summary["videos_this_run"] == total - len(done)
+    table = pq.read_table(work / results.PREDICTIONS)
+    assert sorted(table.column("index").to_pylist()) == list(range(total))   # each video once
+
+
+def test_a_second_ctrl_c_stops_at_once(inputs, cluster, tmp_path):
+    work = tmp_path / "work"
+    _, driver = _driver(inputs, work)
+    _wait_for_parts(work, driver, 1)
+    driver.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    driver.send_signal(signal.SIGINT)
+    out, err = driver.communicate(timeout=60)
+    assert driver.returncode == 130 and "stopped. What was recorded" in err, err[-2000:]
+    assert results.done_indices(work)                           # what was recorded is on disk
+
+
+def test_a_busy_cluster_is_waited_for_with_a_limit(inputs, cluster, tmp_path, caplog):
+    import ray
+
+    @ray.remote(resources={"NPU": 1}, num_cpus=0)
+    class Holder:
+        def ping(self):
+            return 1
+
+    holder = Holder.remote()
+    ray.get(holder.ping.remote())                               # another job holds one of 2 NPUs
+    try:
+        with caplog.at_level(logging.WARNING, logger="harness.cluster"):
+            with pytest.raises(DeviceError, match=r"waited \d+ s for 2 NPU \(1 free\).*--wait"):
+                execute(parse_args(run_args(inputs, tmp_path, "--npus", "2", "--wait", "2")))
+        assert "waiting for 2 NPU (1 free)" in caplog.text
+    finally:
+        ray.kill(holder)
+
+
+def test_a_session_that_cannot_load_is_one_message(inputs, cluster, tmp_path, capsys):
+    bogus = tmp_path / "broken.om"
+    bogus.write_bytes(b"not an om file")
+    argv = ["--config", str(CONFIG), "--om", str(bogus), "--npus", "2", "--ann-file",
+            str(inputs.mixed_list), "--data-prefix", str(inputs.videos), "--work-dir",
+            str(tmp_path / "w"), "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "is not a FAKE-OM v1 file" in err and "Traceback" not in err

@@ -1,23 +1,27 @@
-"""The scheduler's rules (harness/scheduler.py's docstring), one test each, with fake workers.
+"""The scheduler's rules (harness/scheduler.py's docstring), one test or more each, with fakes.
 
 Ray's part is simulated by ``FakeCalls``: every task finishes after its worker's latency on a
-virtual clock, ``wait`` returns the earliest, and a worker can be told to die at a given video
-(every task it holds is lost with it, as when a Ray actor's process dies). No Ray, no
-processes: the runs are deterministic and take milliseconds.
+virtual clock, ``wait`` returns the earliest or gives up after its timeout, and a worker can be
+told to die, hang, answer late, or fail to open its session. No Ray, no processes: the runs are
+deterministic and take milliseconds, also when they cover hours of simulated time.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import math
 
 import numpy as np
 import pytest
 
 from harness.errors import HarnessError
-from harness.scheduler import Entry, Scheduler, TaskFailed, WorkerLost
+from harness.scheduler import (DECODE_GRACE_S, TICK_S, Entry, Scheduler, TaskFailed, Timeouts,
+                               ViewsLost, WorkerLost)
+from harness.stages import SessionUnavailable
 
 CLASSES = 4
+HANG = math.inf
 
 
 class Ref:
@@ -25,29 +29,39 @@ class Ref:
 
     def __init__(self) -> None:
         self.n = next(self._ids)
+        self.views = None
 
     def __repr__(self) -> str:
         return f"Ref{self.n}"
 
 
 class Died(Exception):
-    """Marks the task during which its worker dies."""
-
-
-class LostWith(Exception):
-    """Marks a task queued on a worker when it died (lost with it, not a death of its own)."""
+    """The task during which its worker dies."""
 
 
 class FakeWorker:
-    """A decode worker or inference actor: ``latency`` per task; ``broken`` indices give a
-    failure record, ``raises`` indices raise inside the task, ``dies_at`` indices kill it
-    (while the counter says so: ``dies_at[i]`` deaths at video i)."""
+    """A decode worker or inference actor.
 
-    def __init__(self, name: str, latency: float = 1.0, broken=(), raises=(), dies_at=None) -> None:
-        self.name, self.latency = name, latency
+    ``latency`` per task (``slow`` overrides it per video; HANG: never answers; ``hangs_once``
+    videos hang on their first task only); ``broken``
+    videos give a failure record, ``raises`` raise inside the task, ``dies_at[i]`` deaths happen
+    at video i (one per attempt), ``answers_timeout`` videos are answered ``timeout`` by the worker
+    itself, ``loses_views`` videos' clips are lost with their node (actors only), and
+    ``session_fails_after`` deaths its session no longer opens.
+    """
+
+    def __init__(self, name: str, latency: float = 1.0, slow=None, broken=(), raises=(),
+                 dies_at=None, answers_timeout=(), loses_views=(), session_fails_after=None,
+                 hangs_once=()) -> None:
+        self.name, self.latency, self.slow = name, latency, dict(slow or {})
+        self.hangs_once = set(hangs_once)
         self.broken, self.raises = set(broken), set(raises)
         self.dies_at = dict(dies_at or {})
+        self.answers_timeout, self.loses_views = set(answers_timeout), set(loses_views)
+        self.session_fails_after = session_fails_after
         self.calls: list[int] = []        # video index of each task started
+        self.restarts = 0
+        self.busy_until = 0.0             # tasks run one after another (a Ray actor's queue)
 
     def outcome(self, index: int):
         self.calls.append(index)
@@ -56,71 +70,120 @@ class FakeWorker:
             return Died()
         if index in self.raises:
             return TaskFailed(f"ValueError: bad input {index}")
+        if index in self.loses_views:
+            self.loses_views.discard(index)
+            return ViewsLost("ObjectLostError")
         return None
+
+    def seconds(self, index: int) -> float:
+        if index in self.hangs_once:
+            self.hangs_once.discard(index)
+            return HANG
+        return self.slow.get(index, self.latency)
+
+    def session_ok(self) -> bool:
+        return self.session_fails_after is None or self.restarts < self.session_fails_after
 
 
 class FakeCalls:
     """The RayCalls interface on a virtual clock."""
 
-    def __init__(self) -> None:
+    def __init__(self, new_decoders=()) -> None:
         self.now = 0.0
         self.pending: dict[Ref, tuple[float, FakeWorker, object]] = {}
         self.views_alive: set[Ref] = set()      # decoded clips not yet consumed
         self.max_views_alive = 0
         self.queued: dict[str, int] = {}        # worker name -> tasks in flight
         self.max_queued: dict[str, int] = {}
+        self.waits: list[float] = []            # every wait's timeout
+        self.killed: list[str] = []
+        self.spare = list(new_decoders)         # what new_decoder()/replace() hand out
 
-    def _start(self, worker: FakeWorker, value) -> Ref:
+    def clock(self) -> float:
+        return self.now
+
+    def _start(self, worker: FakeWorker, value, seconds: float) -> Ref:
         ref = Ref()
-        self.pending[ref] = (self.now + worker.latency, worker, value)
+        begin = max(self.now, worker.busy_until)
+        finish = begin + seconds
+        worker.busy_until = finish
+        self.pending[ref] = (finish, worker, value)
         self.queued[worker.name] = self.queued.get(worker.name, 0) + 1
         self.max_queued[worker.name] = max(self.max_queued.get(worker.name, 0), self.queued[worker.name])
         return ref
 
-    def decode(self, worker: FakeWorker, entry):
+    def decode(self, worker: FakeWorker, entry, timeout: float):
         problem = worker.outcome(entry.index)
-        if problem is None and entry.index in worker.broken:
+        seconds = worker.seconds(entry.index)
+        if problem is None and entry.index in worker.answers_timeout:
+            value, seconds = {"ok": False, "reason": "timeout", "message": "stalled", "node": "n"}, timeout
+        elif problem is None and entry.index in worker.broken:
             value = {"ok": False, "reason": "empty", "message": f"{entry.path}: empty", "node": "n"}
         else:
-            value = problem or {"ok": True, "node": "n"}
+            value = problem or {"ok": True, "node": "n", "seconds": worker.latency}
         views = Ref()
         self.views_alive.add(views)
         self.max_views_alive = max(self.max_views_alive, len(self.views_alive))
-        status = self._start(worker, value)
+        status = self._start(worker, value, seconds)
         status.views = views
         return status, views
 
     def infer(self, actor: FakeWorker, index: int, views_ref: Ref):
         assert views_ref in self.views_alive, "an actor got a clip that was never decoded"
         problem = actor.outcome(index)
+        if problem is None and not actor.session_ok():
+            problem = SessionUnavailable(f"{actor.name}: cannot open the model session")
         scores = np.eye(CLASSES, dtype=np.float32)[index % CLASSES]   # the index, recognizable
-        ref = self._start(actor, problem or {"index": index, "scores": scores,
-                                             "device": actor.name, "node": "n"})
+        ref = self._start(actor, problem or {"index": index, "scores": scores, "device": actor.name,
+                                             "node": "n", "seconds": actor.latency},
+                          actor.seconds(index))
         ref.views = views_ref
         return ref
 
-    def wait(self, refs: list[Ref]) -> Ref:
+    def probe(self, handle: FakeWorker):
+        value = {} if handle.session_ok() else SessionUnavailable(f"{handle.name}: session failed")
+        return self._start(handle, value, 0.5)
+
+    def wait(self, refs: list[Ref], timeout: float):
+        assert 0 <= timeout <= TICK_S, timeout      # rule 7: every wait is bounded
+        self.waits.append(timeout)
         ref = min(refs, key=lambda r: (self.pending[r][0], r.n))
+        if self.pending[ref][0] > self.now + timeout:
+            self.now += timeout
+            return None
         self.now = max(self.now, self.pending[ref][0])
         return ref
 
     def get(self, ref: Ref):
         _, worker, value = self.pending.pop(ref)
         self.queued[worker.name] -= 1
-        views = ref.views
-        decoded_ok = isinstance(value, dict) and value.get("ok")
-        if not decoded_ok:  # an inference result, a failure record or a loss: the clip is done
-            self.views_alive.discard(views)
+        if not (isinstance(value, dict) and value.get("ok")):   # the clip was consumed or is gone
+            self.views_alive.discard(ref.views)
         if isinstance(value, Died):
-            for other, (_, w, _) in list(self.pending.items()):   # its other tasks die with it
-                if w is worker:
-                    self.pending[other] = (self.now, w, LostWith())
-            raise WorkerLost("RayActorError")
-        if isinstance(value, LostWith):
+            self._lose_everything(worker)
             raise WorkerLost("RayActorError")
         if isinstance(value, Exception):
             raise value
         return value
+
+    def _lose_everything(self, worker: FakeWorker) -> None:
+        """The process died: its queued tasks fail now; Ray restarts it."""
+        worker.restarts += 1
+        worker.busy_until = self.now
+        for other, (_, w, _) in list(self.pending.items()):
+            if w is worker:
+                self.pending[other] = (self.now, w, WorkerLost("RayActorError"))
+
+    def restart(self, handle: FakeWorker) -> None:
+        self.killed.append(handle.name)
+        self._lose_everything(handle)
+
+    def replace(self, handle: FakeWorker):
+        self.killed.append(handle.name)      # never waited for: its tasks stay pending forever
+        return self.new_decoder()
+
+    def new_decoder(self):
+        return self.spare.pop(0) if self.spare else None
 
 
 def entries(n: int) -> list[Entry]:
@@ -133,19 +196,26 @@ def run(scheduler: Scheduler, items) -> dict:
     return got
 
 
-def make(decoders, actors, **kw) -> tuple[Scheduler, FakeCalls]:
-    calls = FakeCalls()
+def make(decoders, actors, calls=None, **kw) -> tuple[Scheduler, FakeCalls]:
+    calls = calls or FakeCalls()
     return Scheduler(decoders, actors, metrics=False, calls=calls, **kw), calls
 
+
+def one_each(got: dict, n: int) -> None:
+    assert sorted(got) == list(range(n))
+    assert all(len(r) == 1 for r in got.values()), {i: len(r) for i, r in got.items() if len(r) != 1}
+
+
+# ---------------------------------------------------------------- rules 1-3: flow
 
 def test_every_entry_is_recorded_once_with_its_own_scores():
     decoders = [FakeWorker(f"d{i}", latency=0.5 + 0.3 * i) for i in range(3)]
     actors = [FakeWorker("a0", 2.0), FakeWorker("a1", 3.0)]
     scheduler, _ = make(decoders, actors)
     got = run(scheduler, entries(30))
-    assert sorted(got) == list(range(30))
+    one_each(got, 30)
     for index, results in got.items():
-        assert len(results) == 1 and results[0].status == "ok"
+        assert results[0].status == "ok"
         assert int(np.argmax(results[0].scores)) == index % CLASSES     # its own, not a neighbour's
     assert {r[0].device for r in got.values()} == {"a0", "a1"}
 
@@ -154,7 +224,7 @@ def test_entries_are_pulled_lazily_and_clips_in_memory_are_bounded():
     decoders = [FakeWorker(f"d{i}", latency=0.1) for i in range(4)]      # decoding far outpaces
     actors = [FakeWorker("a0", 5.0), FakeWorker("a1", 5.0)]              # the two slow devices
     scheduler, calls = make(decoders, actors, depth=2)
-    pulled = []
+    pulled, recorded = [], []
 
     def lazily():
         for entry in entries(50):
@@ -162,12 +232,20 @@ def test_entries_are_pulled_lazily_and_clips_in_memory_are_bounded():
             assert len(pulled) - len(recorded) <= scheduler.buffer + 2 * len(actors) + 1
             yield entry
 
-    recorded: list[int] = []
     scheduler.run(lazily(), lambda r: recorded.append(r.index))
     assert sorted(recorded) == list(range(50))
     assert scheduler.buffer == 4                                          # max(actors, decoders)
     assert calls.max_views_alive <= scheduler.buffer + 2 * len(actors)
     assert calls.max_views_alive >= scheduler.buffer                      # and it is used
+
+
+def test_the_buffer_is_bounded_in_bytes_too():
+    decoders = [FakeWorker(f"d{i}", latency=0.1) for i in range(4)]
+    scheduler, calls = make(decoders, [FakeWorker("a0", 5.0)], depth=1,
+                            clip_bytes=58_000_000, buffer_bytes=130_000_000)   # room for 2 clips
+    assert scheduler.buffer == 2
+    one_each(run(scheduler, entries(12)), 12)
+    assert calls.max_views_alive <= 2 + 1
 
 
 def test_clips_go_to_the_least_busy_actor_never_beyond_its_depth():
@@ -183,16 +261,21 @@ def test_clips_go_to_the_least_busy_actor_never_beyond_its_depth():
     assert sorted(r[0].device for r in run(scheduler, entries(2)).values()) == ["a0", "a1"]
 
 
+# ---------------------------------------------------------------- rules 4-6: failures and deaths
+
 def test_a_broken_video_is_recorded_with_its_reason_and_not_retried():
-    decoder = FakeWorker("d0", broken={3}, raises={5})
+    decoder = FakeWorker("d0", broken={3}, raises={5}, answers_timeout={6})
     actor = FakeWorker("a0", raises={7})
     scheduler, _ = make([decoder], [actor])
-    got = run(scheduler, entries(10))
+    got: dict = {}
+    stats = scheduler.run(entries(10), lambda r: got.setdefault(r.index, []).append(r))
     assert (got[3][0].status, got[3][0].error) == ("failed", "empty")
-    assert (got[5][0].error, got[7][0].error) == ("decode failed", "inference failed")
+    assert (got[5][0].error, got[6][0].error, got[7][0].error) == ("decode failed", "timeout",
+                                                                  "inference failed")
     assert "bad input 7" in got[7][0].message
-    assert decoder.calls.count(3) == decoder.calls.count(5) == actor.calls.count(7) == 1
-    assert sum(r[0].status == "ok" for r in got.values()) == 7
+    assert [decoder.calls.count(i) for i in (3, 5, 6)] == [1, 1, 1] and actor.calls.count(7) == 1
+    assert sum(r[0].status == "ok" for r in got.values()) == 6
+    assert stats.decode_timeouts == 1
 
 
 def test_a_death_is_retried_first_then_recorded_as_worker_died():
@@ -202,8 +285,7 @@ def test_a_death_is_retried_first_then_recorded_as_worker_died():
     got = run(scheduler, entries(6))
     assert got[2][0].error == "worker died" and "3 attempts" in got[2][0].message
     assert unlucky.calls.count(2) == 3
-    # each retry is decoded before the next new entry
-    assert unlucky.calls[:5] == [0, 1, 2, 2, 2]
+    assert unlucky.calls[:5] == [0, 1, 2, 2, 2]             # each retry before the next new entry
     assert all(got[i][0].status == "ok" for i in (0, 1, 3, 4, 5))
 
 
@@ -212,6 +294,7 @@ def test_a_video_lost_once_is_retried_and_scored():
     scheduler, _ = make([FakeWorker("d0", 0.2)], [actor], max_retries=2)
     got: dict = {}
     stats = scheduler.run(entries(8), lambda r: got.setdefault(r.index, []).append(r))
+    one_each(got, 8)
     assert all(got[i][0].status == "ok" for i in range(8))
     assert actor.calls.count(4) == 2
     assert stats.actor_deaths == 1 and stats.retries >= 1
@@ -227,6 +310,18 @@ def test_one_death_is_counted_once_whatever_it_held():
     assert stats.actor_deaths == 1
     assert stats.retries == 2                                   # the two videos it held
     assert all(got[i][0].status == "ok" for i in range(6))     # max_restarts=1: still in use
+
+
+def test_videos_queued_behind_a_death_are_not_charged_for_it():
+    # video 0 kills the actor every time; video 1 waits behind it in the actor's queue each time
+    a0 = FakeWorker("a0", latency=2.0, dies_at={0: 99})
+    scheduler, _ = make([FakeWorker("d0", 0.1), FakeWorker("d1", 0.1)], [a0], depth=2,
+                        max_retries=2, max_restarts=20)
+    got: dict = {}
+    stats = scheduler.run(entries(2), lambda r: got.setdefault(r.index, []).append(r))
+    assert got[0][0].error == "worker died" and a0.calls.count(0) == 3
+    assert got[1][0].status == "ok" and a0.calls.count(1) >= 3     # lost with it, then scored
+    assert stats.actor_deaths == 3
 
 
 def test_a_member_past_its_restarts_is_not_used_again():
@@ -252,6 +347,111 @@ def test_a_pool_with_no_live_member_stops_the_run_with_its_name():
         run(scheduler, entries(10))
 
 
+def test_a_lost_clip_is_charged_to_its_decoder_not_the_actor():
+    decoder, actor = FakeWorker("d0", 0.2), FakeWorker("a0", 1.0, loses_views={3})
+    scheduler, _ = make([decoder], [actor])
+    got: dict = {}
+    stats = scheduler.run(entries(6), lambda r: got.setdefault(r.index, []).append(r))
+    assert all(got[i][0].status == "ok" for i in range(6))
+    assert (stats.views_lost, stats.decoder_deaths, stats.actor_deaths) == (1, 1, 0)
+    assert decoder.calls.count(3) == 2                         # decoded again
+
+
+# ---------------------------------------------------------------- rule 7: time
+
+def test_a_decode_worker_that_stops_answering_is_replaced_and_the_video_times_out():
+    stuck = FakeWorker("d0", latency=1.0, slow={2: HANG})
+    fresh = FakeWorker("d0-new", latency=1.0)
+    calls = FakeCalls(new_decoders=[fresh])
+    scheduler, _ = make([stuck], [FakeWorker("a0", 0.5)], calls=calls,
+                        timeouts=Timeouts(decode=10.0))
+    got: dict = {}
+    stats = scheduler.run(entries(6), lambda r: got.setdefault(r.index, []).append(r))
+    one_each(got, 6)
+    assert got[2][0].error == "timeout" and "replaced" in got[2][0].message
+    assert stuck.calls == [0, 1, 2] and fresh.calls == [3, 4, 5]     # never waited for again
+    assert calls.killed == ["d0"] and stats.decoders_replaced == 1 and stats.decode_timeouts == 1
+    # the driver acted after the worker's own timeout plus the grace, not before
+    assert calls.now >= 2 * 1.0 + 10.0 + DECODE_GRACE_S
+
+
+def test_a_hung_device_call_restarts_the_actor_and_the_video_is_retried():
+    actor = FakeWorker("a0", latency=1.0, hangs_once={3})
+    scheduler, calls = make([FakeWorker("d0", 0.2)], [actor], timeouts=Timeouts(infer=30.0))
+    got: dict = {}
+    stats = scheduler.run(entries(6), lambda r: got.setdefault(r.index, []).append(r))
+    one_each(got, 6)
+    assert all(got[i][0].status == "ok" for i in range(6))
+    assert calls.killed == ["a0"] and stats.infer_timeouts == 1 and stats.actor_deaths == 1
+    assert actor.calls.count(3) == 2
+
+
+def test_a_video_that_hangs_on_every_attempt_is_recorded_timeout():
+    a0, a1 = FakeWorker("a0", 1.0, slow={1: HANG}), FakeWorker("a1", 1.0, slow={1: HANG})
+    scheduler, _ = make([FakeWorker("d0", 0.2)], [a0, a1], max_retries=2, max_restarts=10,
+                        timeouts=Timeouts(infer=20.0))
+    got: dict = {}
+    stats = scheduler.run(entries(4), lambda r: got.setdefault(r.index, []).append(r))
+    one_each(got, 4)
+    assert got[1][0].error == "timeout" and "3 attempts" in got[1][0].message
+    assert stats.infer_timeouts == 3
+    assert all(got[i][0].status == "ok" for i in (0, 2, 3))
+
+
+def test_a_call_is_timed_from_when_the_actor_could_start_it():
+    # 10 s calls, two queued (depth 2), a 15 s budget: the second waits 10 s in the queue but
+    # must not time out; timed from submission it would (20 s > 15 s).
+    actor = FakeWorker("a0", latency=10.0)
+    scheduler, _ = make([FakeWorker("d0", 0.1), FakeWorker("d1", 0.1)], [actor], depth=2,
+                        timeouts=Timeouts(infer=15.0))
+    got: dict = {}
+    stats = scheduler.run(entries(6), lambda r: got.setdefault(r.index, []).append(r))
+    assert stats.infer_timeouts == 0 and all(got[i][0].status == "ok" for i in range(6))
+
+
+def test_the_adaptive_budget_follows_the_measured_calls():
+    scheduler, _ = make([FakeWorker("d0", 0.1)], [FakeWorker("a0", 2.0)])
+    state = type("S", (), {"infer_s": []})()
+    assert scheduler.infer_budget(state) == Timeouts().infer_first          # warm-up
+    state.infer_s = [2.0, 2.0, 2.0]
+    assert scheduler.infer_budget(state) == Timeouts().infer_min            # the floor
+    state.infer_s = [10.0, 10.0, 10.0]
+    assert scheduler.infer_budget(state) == 200.0                           # 20 x the median
+
+
+def test_the_driver_wakes_at_least_every_tick_and_names_a_long_video(caplog):
+    actor = FakeWorker("a0", latency=1.0, slow={2: 100.0})
+    scheduler, calls = make([FakeWorker("d0", 0.2)], [actor], timeouts=Timeouts(infer=500.0))
+    ticks = []
+    with caplog.at_level(logging.WARNING, logger="harness.scheduler"):
+        scheduler.run(entries(4), lambda r: None, tick=lambda: ticks.append(calls.now))
+    assert max(b - a for a, b in zip(ticks, ticks[1:])) <= TICK_S + 1e-9
+    assert "video 2 (v2.mp4) has been on inference actor 0 for" in caplog.text
+
+
+# ---------------------------------------------------------------- rule 8: set aside
+
+def test_an_actor_whose_session_no_longer_opens_is_set_aside():
+    broken = FakeWorker("a0", latency=1.0, dies_at={0: 1}, session_fails_after=1)
+    good = FakeWorker("a1", latency=1.0)
+    scheduler, _ = make([FakeWorker("d0", 0.1)], [broken, good], depth=1)
+    got: dict = {}
+    stats = scheduler.run(entries(12), lambda r: got.setdefault(r.index, []).append(r))
+    one_each(got, 12)
+    assert all(got[i][0].status == "ok" for i in range(12))
+    assert [s["member"] for s in stats.set_aside] == [0] and "session failed" in stats.set_aside[0]["error"]
+    assert broken.calls == [0]                         # never used after its failed restart
+
+
+def test_with_no_actor_left_the_run_stops_with_the_session_error():
+    only = FakeWorker("a0", latency=1.0, dies_at={0: 1}, session_fails_after=1)
+    scheduler, _ = make([FakeWorker("d0", 0.1)], [only])
+    with pytest.raises(HarnessError, match="no inference actor can serve: a0: session failed"):
+        run(scheduler, entries(5))
+
+
+# ---------------------------------------------------------------- rules 9-11
+
 def test_an_index_is_recorded_once_even_if_it_comes_twice(caplog):
     scheduler, _ = make([FakeWorker("d0")], [FakeWorker("a0")])
     twice = [Entry(0, "a.mp4", 0), Entry(1, "b.mp4", 1), Entry(0, "a.mp4", 0)]
@@ -261,6 +461,56 @@ def test_an_index_is_recorded_once_even_if_it_comes_twice(caplog):
     assert "already recorded" in caplog.text
 
 
+def test_decoders_are_added_while_the_devices_would_wait():
+    # one decoder at 1 s/video feeding four devices at 1 s/video: about 5 decoders are needed
+    spare = [FakeWorker(f"d{i}", latency=1.0) for i in range(1, 10)]
+    calls = FakeCalls(new_decoders=spare)
+    actors = [FakeWorker(f"a{i}", latency=1.0) for i in range(4)]
+    scheduler, _ = make([FakeWorker("d0", 1.0)], actors, calls=calls, max_decoders=6)
+    got: dict = {}
+    stats = scheduler.run(entries(80), lambda r: got.setdefault(r.index, []).append(r))
+    one_each(got, 80)
+    assert 3 <= stats.decoders_added <= 5 and len(scheduler.decoders.handles) <= 6
+    # no more than asked for: slow devices need no extra decoder
+    scheduler, _ = make([FakeWorker("d0", 0.1)], [FakeWorker("a0", 5.0)],
+                        calls=FakeCalls(new_decoders=[FakeWorker("x")]), max_decoders=4)
+    got = {}
+    assert scheduler.run(entries(10), lambda r: got.setdefault(r.index, []).append(r)).decoders_added == 0
+
+
+def test_after_stop_nothing_new_starts_and_what_is_in_flight_finishes():
+    scheduler, calls = make([FakeWorker("d0", 0.5)], [FakeWorker("a0", 1.0)])
+    got: dict = {}
+
+    def record(result):
+        got.setdefault(result.index, []).append(result)
+        if len(got) == 3:
+            scheduler.stop()
+
+    scheduler.run(entries(50), record)
+    assert 3 <= len(got) <= 6 and calls.pending == {}
+    one_each(got, len(got))
+
+
 def test_an_empty_list_finishes_at_once():
     scheduler, calls = make([FakeWorker("d0")], [FakeWorker("a0")])
     assert run(scheduler, []) == {} and calls.pending == {}
+
+
+def test_a_hung_call_is_caught_while_other_devices_keep_finishing():
+    # a0 hangs on video 0 while a1 keeps delivering results: the timeout must still fire then,
+    # not only once everything else is done
+    a0, a1 = FakeWorker("a0", 0.5, hangs_once={0}), FakeWorker("a1", 0.5)   # results every 0.5 s
+    scheduler, calls = make([FakeWorker("d0", 0.1), FakeWorker("d1", 0.1)], [a0, a1], depth=1,
+                            timeouts=Timeouts(infer=20.0))
+    # as on a busy cluster, some task is always about to finish: the wait never times out at
+    # the hung call's deadline, so only the check every tick can catch it
+    scheduler._wait_s = lambda run: TICK_S
+    restarted_at = []
+    original = calls.restart
+    calls.restart = lambda handle: (restarted_at.append(calls.now), original(handle))
+    got: dict = {}
+    scheduler.run(entries(200), lambda r: got.setdefault(r.index, []).append(r))
+    one_each(got, 200)
+    assert restarted_at and restarted_at[0] <= 20.0 + 2 * TICK_S + 1
+    assert sum(r[0].device == "a0" for r in got.values()) > 50      # a0 served again after it

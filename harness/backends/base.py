@@ -11,11 +11,12 @@ picks one.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -65,6 +66,21 @@ class ModelSpec:
     view_shape: tuple[int, int, int, int] | None = None   # torch: (3, T, H, W)
     checkpoint: str | None = None
     unsafe_load_checkpoint: bool = False
+    # Set by the Ray runner for clusters of several nodes: the model file's bytes in the object
+    # store, for nodes that cannot see ``model_file`` (harness.stages.local_model_file).
+    file_sha256: str | None = None
+    file_blob: Any = field(default=None, compare=False, repr=False)
+
+    @property
+    def model_file(self) -> str | None:
+        """The file an actor reads: the .om / .onnx, or the torch backend's checkpoint."""
+        return self.checkpoint if self.backend == "torch" else self.path
+
+    def with_model_file(self, path: str) -> "ModelSpec":
+        """The same spec reading ``path`` (a node-local copy of :attr:`model_file`)."""
+        if self.backend == "torch":
+            return dataclasses.replace(self, checkpoint=path, file_blob=None)
+        return dataclasses.replace(self, path=path, file_blob=None)
 
     @classmethod
     def from_artifact(cls, directory: str | Path, backend: str) -> "ModelSpec":

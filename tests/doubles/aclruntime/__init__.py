@@ -9,6 +9,10 @@ Tests put ``tests/doubles`` on the workers' PYTHONPATH. Each session records the
 device id it was opened with and ``ASCEND_RT_VISIBLE_DEVICES`` of its process
 (``InferenceSession.opened`` and, when ``FAKE_ACL_RECORD_DIR`` is set, one JSON file per
 session there), so tests can check each actor used its own chip.
+
+Fault injection for the chaos tests: with ``FAKE_ACL_HANG_ONCE=<file>``, the first ``run`` in
+any process that finds no ``<file>`` creates it and never returns (a chip call that hangs, once
+per cluster); ``FAKE_ACL_DELAY_S=<seconds>`` makes every ``run`` take that long (a slower chip).
 """
 
 from __future__ import annotations
@@ -83,6 +87,20 @@ def _read_fake_om(path: str) -> bytes:
     return data
 
 
+def _hang_once() -> None:
+    marker = os.environ.get("FAKE_ACL_HANG_ONCE")
+    if not marker:
+        return
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)   # the first caller wins
+    except FileExistsError:
+        return
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    while True:  # a chip call that never returns (until the process is killed)
+        time.sleep(3600)
+
+
 class InferenceSession:
     opened: list[dict] = []   # every session opened in this process
 
@@ -131,6 +149,8 @@ class InferenceSession:
                 raise RuntimeError(f"input tensor is on device {tensor.device_id}, the session on"
                                    f" {self.device_id}: call Tensor.to_device(device_id) first")
             feeds[desc.name] = tensor._array
+        _hang_once()
+        time.sleep(float(os.environ.get("FAKE_ACL_DELAY_S", "0")))
         start = time.perf_counter() * 1000.0
         outputs = self._session.run(list(output_names), feeds)
         self._times.append((start, time.perf_counter() * 1000.0))

@@ -1,0 +1,50 @@
+"""The circuit breaker: systematic failure stops a run with the reason and a fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.breaker import CircuitBreaker, SystematicFailure
+from harness.stages import VideoResult
+
+
+def ok(i: int) -> VideoResult:
+    return VideoResult(i, f"v{i}.mp4", 0, "ok")
+
+
+def failed(i: int, reason: str = "missing") -> VideoResult:
+    return VideoResult(i, f"v{i}.mp4", 0, "failed", reason, f"v{i}.mp4: {reason}")
+
+
+def test_all_of_the_first_window_failing_stops_with_the_likely_fix():
+    breaker = CircuitBreaker(window=50, max_rate=1.0)          # rate check off: only "all"
+    for i in range(49):
+        breaker.observe(failed(i))                            # not yet: 49 < 50
+    with pytest.raises(SystematicFailure) as info:
+        breaker.observe(failed(49))
+    message = str(info.value)
+    assert "50 of 50 videos failed" in message and "'missing' (50)" in message
+    assert "--data-prefix" in message and "resumes" in message
+
+
+def test_a_few_broken_files_never_stop_a_run():
+    breaker = CircuitBreaker(window=50, max_rate=0.5)
+    for i in range(1000):
+        breaker.observe(failed(i, "empty") if i % 20 == 0 else ok(i))   # 5% broken
+
+
+def test_more_than_the_rate_after_the_window_stops_naming_the_dominant_reason():
+    breaker = CircuitBreaker(window=10, max_rate=0.5)
+    results = [ok(i) for i in range(5)] + [failed(i, "timeout") for i in range(5, 10)]
+    for r in results:                                          # 5 of 10: not more than half
+        breaker.observe(r)
+    with pytest.raises(SystematicFailure, match="6 of 11.*more than 50%.*'timeout' \\(6\\).*stalled"):
+        breaker.observe(failed(10, "timeout"))
+
+
+def test_a_short_list_is_judged_at_its_own_length():
+    breaker = CircuitBreaker(window=3, max_rate=0.5)
+    breaker.observe(failed(0, "inference failed"))
+    breaker.observe(failed(1, "inference failed"))
+    with pytest.raises(SystematicFailure, match="3 of 3.*session"):
+        breaker.observe(failed(2, "inference failed"))

@@ -1,0 +1,144 @@
+"""A long run's guards, end to end on the command line (runner-independent parts use
+``--no-ray``): preflight, the circuit breaker, unwritable work dirs, resume rules, and one
+driver per work dir. Each ends in one clear message and exit status 2, never a traceback,
+and leaves what was written resumable.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from harness import results, run
+from harness.stages import VideoResult
+from pipeline_support import BROKEN, CONFIG, REPO, run_args, shared_inputs, worker_pythonpath
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    return shared_inputs(tmp_path_factory)
+
+
+def no_ray(inputs, work, *extra, ann=None):
+    return run_args(inputs, work, "--cpus", "1", "--no-ray", *extra, ann=ann)
+
+
+def refused(capsys, argv) -> str:
+    assert run.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def test_an_empty_list_stops_before_any_work(inputs, tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    err = refused(capsys, no_ray(inputs, tmp_path / "w", ann=empty))
+    assert "has no videos" in err and "harness.data.filelist" in err
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_missing_video_folder_stops_before_any_work(inputs, tmp_path, capsys):
+    argv = no_ray(inputs, tmp_path / "w")
+    argv[argv.index("--data-prefix") + 1] = str(tmp_path / "no_such_folder")
+    err = refused(capsys, argv)
+    assert "no_such_folder does not exist" in err and "--data-prefix" in err
+
+
+def test_a_wrong_video_folder_trips_the_breaker_and_stays_resumable(inputs, tmp_path, capsys):
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()                                      # exists, holds none of the videos
+    work = tmp_path / "w"
+    argv = no_ray(inputs, work, ann=inputs.long_list)  # 160 entries
+    argv[argv.index("--data-prefix") + 1] = str(wrong)
+    err = refused(capsys, argv)
+    assert "stopped: 50 of 50 videos failed" in err and "'missing' (50)" in err and "--data-prefix" in err
+    assert len(results.done_indices(work)) == 50      # recorded, and a fixed rerun resumes past them
+    assert not (work / results.SUMMARY_FILE).exists()
+
+
+def test_a_file_where_the_work_dir_should_be_is_one_message(inputs, tmp_path, capsys):
+    blocker = tmp_path / "results"
+    blocker.write_text("not a folder")
+    err = refused(capsys, no_ray(inputs, blocker))
+    assert f"cannot write results in {blocker}" in err and "Fix:" in err
+
+
+def test_a_second_driver_on_a_work_dir_in_use_is_refused(inputs, tmp_path, capsys):
+    held = results.lock_work_dir(tmp_path / "w")
+    try:
+        err = refused(capsys, no_ray(inputs, tmp_path / "w"))
+        assert "in use by another harness.run" in err
+    finally:
+        held.close()
+
+
+def _in_namespace(script: str) -> subprocess.CompletedProcess:
+    if subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode:
+        if os.environ.get("HARNESS_REQUIRE_UNSHARE") == "1":
+            pytest.fail("unshare --mount is not permitted here, but CI needs this test to run")
+        pytest.skip("needs `unshare --mount` (root)")
+    env = dict(os.environ, PYTHONPATH=worker_pythonpath())
+    return subprocess.run(["unshare", "--mount", "sh", "-c", script], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_a_full_disk_mid_run_is_one_message_and_what_was_written_stays(inputs, tmp_path):
+    work = tmp_path / "small"
+    work.mkdir()
+    argv = " ".join(no_ray(inputs, work, "--flush-every", "1"))
+    count = (f'{sys.executable} -c "from harness import results;'
+             f" print('recorded', len(results.done_indices('{work}')))\"")
+    # a 12 KiB tmpfs: run.json, the lock and one part fill it; the next part does not fit
+    result = _in_namespace(f"mount -t tmpfs -o size=12k none {work} && {sys.executable} -m"
+                           f" harness.run {argv}; echo exit=$?; {count}")
+    assert "exit=2" in result.stdout, result.stdout + result.stderr
+    assert f"error: cannot write results in {work}: " in result.stderr
+    assert "No space left on device" in result.stderr
+    assert "Traceback" not in result.stderr
+    recorded = int(result.stdout.split("recorded ")[1].split()[0])
+    assert 1 <= recorded < 8 + len(BROKEN)
+
+
+def test_a_read_only_work_dir_is_one_message(inputs, tmp_path):
+    work = tmp_path / "ro"
+    work.mkdir()
+    argv = " ".join(no_ray(inputs, work))
+    result = _in_namespace(f"mount --bind -o ro {work} {work} && {sys.executable} -m harness.run"
+                           f" {argv}; echo exit=$?")
+    assert "exit=2" in result.stdout, result.stdout + result.stderr
+    assert "Read-only file system" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_resume_retries_transient_failures_and_keeps_the_files_own(inputs, tmp_path):
+    work = tmp_path / "w"
+    first = run.execute(run.parse_args(no_ray(inputs, work)))
+    assert first["videos_failed"] == len(BROKEN)
+    # as if two videos had failed transiently in that run
+    writer = results.ResultWriter(work)
+    for row in results.read_predictions(work).to_pylist()[:2]:
+        writer.add(VideoResult(row["index"], row["path"], row["label"], "failed", "timeout", "stalled"))
+    writer.close()
+    assert results.read_predictions(work).to_pylist()[0]["error"] == "timeout"
+    second = run.execute(run.parse_args(no_ray(inputs, work)))
+    assert second["videos_this_run"] == 2                         # only the transient ones
+    assert second["videos_ok"] == first["videos_ok"] and second["failures"] == first["failures"]
+    third = run.execute(run.parse_args(no_ray(inputs, work, "--retry-failed")))
+    assert third["videos_this_run"] == len(BROKEN)                # the file's own, on request
+
+
+def test_a_changed_pipeline_is_refused_on_resume(inputs, tmp_path, capsys):
+    work = tmp_path / "w"
+    assert run.main(no_ray(inputs, work, "--limit", "2")) == 0
+    err = refused(capsys, no_ray(inputs, work, "--cfg-options", "data.test.pipeline.1.frame_interval=1"))
+    assert "holds results of another run (differs in: config_digest)" in err
+    # the same file's content under another path is the same job
+    copy = tmp_path / "copy.py"
+    shutil.copy(CONFIG, copy)
+    argv = no_ray(inputs, work)
+    argv[argv.index("--config") + 1] = str(copy)
+    assert run.main(argv) == 0
