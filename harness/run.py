@@ -399,7 +399,8 @@ def finish(job: Job, outcome: Outcome, args: argparse.Namespace) -> dict:
                    "config": str(job.cfg.get("_harness_config_path"))})
     results.write_summary(job.work, summary)
     try:
-        write_report(job.work, summary, table.to_pylist(), class_names(job.cfg, args))
+        rows = table.select([c for c in table.column_names if c != "scores"]).to_pylist()
+        write_report(job.work, summary, rows, class_names(job.cfg, args))
     except OSError as exc:
         raise results.work_dir_error(job.work, exc) from exc
     return summary

@@ -25,11 +25,14 @@ workers in tests/test_scheduler.py:
    budget) is not used again. A pool with no usable member while work remains stops the run
    with an error naming it.
 7. **Every wait is bounded.** The driver never blocks on one task: it wakes at least every
-   ``TICK_S``. A decode that outlives ``decode_timeout`` (plus a grace: the worker enforces the
-   timeout itself and answers ``timeout``) is recorded ``timeout``, and its worker is killed and
-   replaced by a new one (a reader stuck in the kernel may never die: it is abandoned, not
-   waited for). An inference call that outlives its budget gets its actor killed and restarted;
-   the video is retried, and recorded ``timeout`` when it timed out on every attempt. A call's
+   ``TICK_S`` and checks every running task's budget at least that often. A decode that
+   outlives ``decode_timeout`` (plus a grace: the worker enforces the timeout itself and
+   answers ``timeout``) is recorded ``timeout``, and its worker is killed and replaced by a new
+   one (a reader stuck in the kernel may never die: it is abandoned, not waited for). An
+   inference call that outlives its budget gets its actor killed and restarted; the video is
+   retried, and recorded ``timeout`` when it timed out on every attempt; the calls queued
+   behind it are requeued free at once (their errors may come late, and a restarting actor
+   must not be killed again for the same hang: one kill, one death). A call's
    clock starts when the actor could start it (after its previous call), not when it was queued.
 8. **A member that cannot serve is set aside.** An actor whose session cannot open (after a
    restart) is removed from the pool with its error; its videos go elsewhere, and a pool left
@@ -48,6 +51,7 @@ clock.
 from __future__ import annotations
 
 import collections
+import heapq
 import logging
 import math
 import statistics
@@ -140,12 +144,17 @@ class RayCalls:
         """A reference that resolves once ``handle`` serves (its constructor finished)."""
         return handle.probe.remote()
 
-    def wait(self, refs: list, timeout: float) -> Any | None:
-        """One finished reference among ``refs``, or None after ``timeout`` seconds."""
+    def wait(self, refs: list, timeout: float) -> list:
+        """The finished references among ``refs``: all that are finished once one is, or none
+        after ``timeout`` seconds. (Collecting them all makes fewer wake-ups per video when
+        hundreds of devices answer; results are fetched by ``get``, so nothing moves here.)"""
         import ray
 
-        done, _ = ray.wait(refs, num_returns=1, timeout=timeout)
-        return done[0] if done else None
+        done, rest = ray.wait(refs, num_returns=1, timeout=timeout, fetch_local=False)
+        if done and rest:
+            more, _ = ray.wait(rest, num_returns=len(rest), timeout=0, fetch_local=False)
+            done += more
+        return done
 
     def get(self, ref) -> Any:
         """The value of a finished reference (never blocks: the scheduler asks only for those)."""
@@ -203,6 +212,9 @@ class Pool:
         self.last_done: list[float] = []            # when the member last finished a task
         self.state: list[str] = []                  # "ready", "starting" (probe out) or "dead"
         self.culprit: dict[tuple[int, int], Any] = {}   # (member, incarnation) -> the task it ran
+        # (load, member) of members that may take work; entries go stale as loads change and
+        # are dropped when met: pick() is O(log members), not a scan of the pool per event
+        self._free: list[tuple[int, int]] = []
         for handle in handles:
             self.add(handle, "ready")
 
@@ -213,6 +225,7 @@ class Pool:
         self.deaths.append(0)
         self.last_done.append(0.0)
         self.state.append(state)
+        self._offer(len(self.handles) - 1)
         return len(self.handles) - 1
 
     def replace(self, member: int, handle) -> None:
@@ -221,19 +234,39 @@ class Pool:
         self.handles[member] = handle
         self.incarnation[member] += 1
         self.deaths[member] = 0
-        self.queue[member].clear()
+        self.forget(member)
 
-    def load(self, member: int) -> int:
-        return len(self.queue[member])
+    def forget(self, member: int) -> None:
+        """Drop every ticket queued at ``member`` (its process is gone or being killed)."""
+        self.queue[member].clear()
+        self._offer(member)
+
+    def enqueue(self, member: int, ticket) -> None:
+        self.queue[member].append(ticket)
+        self._offer(member)
+
+    def dequeue(self, member: int, ticket) -> None:
+        if ticket in self.queue[member]:
+            self.queue[member].remove(ticket)
+            self._offer(member)
+
+    def set_state(self, member: int, state: str) -> None:
+        self.state[member] = state
+        self._offer(member)
+
+    def _offer(self, member: int) -> None:
+        load = len(self.queue[member])
+        if self.state[member] == "ready" and load < self.depth:
+            heapq.heappush(self._free, (load, member))
 
     def pick(self) -> int | None:
         """The ready member with the fewest queued tasks below ``depth`` (lowest index on ties)."""
-        best = None
-        for i, state in enumerate(self.state):
-            load = len(self.queue[i])
-            if state == "ready" and load < self.depth and (best is None or load < len(self.queue[best])):
-                best = i
-        return best
+        while self._free:
+            load, member = self._free[0]
+            if self.state[member] == "ready" and len(self.queue[member]) == load:
+                return member
+            heapq.heappop(self._free)              # stale: its load or state changed since
+        return None
 
     def lost(self, member: int, incarnation: int) -> bool:
         """A task of ``member`` started in ``incarnation`` was lost; True if this is a new death
@@ -243,7 +276,7 @@ class Pool:
         self.incarnation[member] += 1
         self.deaths[member] += 1
         if self.deaths[member] > self.max_restarts and self.state[member] != "dead":
-            self.state[member] = "dead"
+            self.set_state(member, "dead")
             log.warning("%s %d died %d times: not used again", self.name, member, self.deaths[member])
         return True
 
@@ -333,16 +366,18 @@ class Scheduler:
                 if run.work_remains(self.stopping):
                     raise self._stuck()
                 return run.stats
-            ref = self.calls.wait(list(run.in_flight), self._wait_s(run))
+            finished = self.calls.wait(list(run.in_flight), TICK_S)
             if tick is not None:
                 tick()
-            # budgets are checked at least every tick, also while other tasks keep finishing
-            if ref is None or self.calls.clock() - checked >= TICK_S:
+            # budgets are checked every tick (O(members), so not per event), also while other
+            # tasks keep finishing; a deadline is acted on within a tick of passing
+            if not finished or self.calls.clock() - checked >= TICK_S:
                 checked = self.calls.clock()
                 self._expire(run)
                 self._report_stalls(run)
-            if ref is not None and ref in run.in_flight:
-                self._finished(run, run.in_flight.pop(ref), ref)
+            for ref in finished:
+                if ref in run.in_flight:            # (an expiry may have dropped it)
+                    self._finished(run, run.in_flight.pop(ref), ref)
 
     # ------------------------------------------------------------ starting work
 
@@ -361,7 +396,7 @@ class Scheduler:
 
     def _submit(self, run: _RunState, ref, ticket: _Ticket) -> None:
         run.in_flight[ref] = ticket
-        ticket.pool.queue[ticket.member].append(ticket)
+        ticket.pool.enqueue(ticket.member, ticket)
 
     def _start_decodes(self, run: _RunState) -> None:
         while run.decoding + len(run.ready) < self.buffer:
@@ -390,7 +425,7 @@ class Scheduler:
 
     def _probe(self, run: _RunState, pool: Pool, member: int) -> None:
         """Use ``member`` again once it answers (rule 8)."""
-        pool.state[member] = "starting"
+        pool.set_state(member, "starting")
         ref = self.calls.probe(pool.handles[member])
         self._submit(run, ref, _Ticket(None, pool, member, pool.incarnation[member], self.calls.clock()))
 
@@ -400,8 +435,7 @@ class Scheduler:
         pool, member = ticket.pool, ticket.member
         queue = pool.queue[member]
         running = queue[0] if queue else None        # Ray runs a member's tasks in order
-        if ticket in queue:
-            queue.remove(ticket)
+        pool.dequeue(member, ticket)
         pool.last_done[member] = self.calls.clock()
         if ticket.pool is self.decoders and ticket.work is not None:
             run.decoding -= 1
@@ -421,7 +455,7 @@ class Scheduler:
         else:
             if ticket.work is None:
                 if pool.state[member] == "starting" and ticket.incarnation == pool.incarnation[member]:
-                    pool.state[member] = "ready"
+                    pool.set_state(member, "ready")
             elif pool is self.decoders:
                 self._on_decoded(run, ticket, value)
             else:
@@ -499,7 +533,7 @@ class Scheduler:
         """Rule 8: the member cannot serve; its video (if any) goes elsewhere, unharmed."""
         pool, member = ticket.pool, ticket.member
         if pool.state[member] != "dead":
-            pool.state[member] = "dead"
+            pool.set_state(member, "dead")
             run.stats.set_aside.append({"pool": pool.name, "member": member, "error": error})
             log.warning("%s %d set aside: %s", pool.name, member, error)
         if ticket.work is not None:
@@ -540,14 +574,6 @@ class Scheduler:
                 head = queue[0]
                 yield member, head, max(head.submitted, pool.last_done[member])
 
-    def _wait_s(self, run: _RunState) -> float:
-        now = self.calls.clock()
-        soonest = TICK_S
-        for pool in (self.decoders, self.actors):
-            for _, ticket, since in self._running(pool):
-                soonest = min(soonest, since + self._budget(run, ticket) - now)
-        return max(0.0, soonest)
-
     def _expire(self, run: _RunState) -> None:
         """Rule 7: act on every task past its budget."""
         now = self.calls.clock()
@@ -559,7 +585,7 @@ class Scheduler:
                 for ref, t in list(run.in_flight.items()):
                     if t is ticket:
                         del run.in_flight[ref]
-                pool.queue[member].remove(ticket)
+                pool.dequeue(member, ticket)
                 if ticket.work is None:
                     self._set_aside(run, ticket, f"did not answer within {waited:.0f} s of (re)starting")
                 elif pool is self.decoders:
@@ -575,17 +601,27 @@ class Scheduler:
             " (a stalled read? the decode worker was replaced)"))
         self._replace_decoder(run, ticket.member, f"it did not answer for {waited:.0f} s")
 
+    def _abandon(self, run: _RunState, pool: Pool, member: int) -> None:
+        """``member``'s process is being killed: forget every task queued there (its error may
+        come late or never, and must not be waited for) and requeue their videos free."""
+        for ref, ticket in list(run.in_flight.items()):
+            if ticket.pool is pool and ticket.member == member:
+                del run.in_flight[ref]
+                if ticket.work is not None:
+                    if pool is self.decoders:
+                        run.decoding -= 1
+                    run.stats.retries += 1
+                    run.retry.append(ticket.work)
+        pool.forget(member)
+
     def _replace_decoder(self, run: _RunState, member: int, why: str) -> None:
         pool = self.decoders
         new = self.calls.replace(pool.handles[member])
         log.warning("decode worker %d replaced: %s", member, why)
-        for ref, ticket in list(run.in_flight.items()):   # the old process's probe, if any
-            if ticket.pool is pool and ticket.member == member:
-                del run.in_flight[ref]
+        self._abandon(run, pool, member)
         if new is None:
             pool.incarnation[member] += 1
-            pool.state[member] = "dead"
-            pool.queue[member].clear()
+            pool.set_state(member, "dead")
             return
         run.stats.decoders_replaced += 1
         pool.replace(member, new)
@@ -599,12 +635,13 @@ class Scheduler:
                     ticket.work.entry.index, member, waited)
         if pool.lost(member, ticket.incarnation):
             run.stats.actor_deaths += 1
-        if pool.state[member] != "dead":
-            self.calls.restart(pool.handles[member])
-            self._probe(run, pool, member)
         ticket.work.timeouts += 1
         reason = TIMEOUT if ticket.work.timeouts == ticket.work.attempts + 1 else WORKER_DIED
         self._retry(run, ticket.work, f"no answer from the device after {waited:.0f} s", reason)
+        self._abandon(run, pool, member)     # the calls queued behind it die with the process
+        if pool.state[member] != "dead":
+            self.calls.restart(pool.handles[member])
+            self._probe(run, pool, member)
 
     def _report_stalls(self, run: _RunState) -> None:
         """Name the video that has been running longest, when it is unusually long."""
