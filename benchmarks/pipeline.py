@@ -12,7 +12,11 @@ Reports
 - efficiency = end-to-end videos/s / (devices / latency) for 1, 2 and 4 devices
   (target >= 0.95);
 - the driver's peak RSS for a 200- and a 2,000-entry list, each in a fresh process
-  (target: growth < 50 MB).
+  (target: growth < 50 MB);
+- with ``--audit N`` (default 16), each efficiency row again with the precision audit on: N
+  videos also scored by a real fp32 reference actor (onnxruntime on the tiny test model, random
+  weights, one CPU) from the same decoded views, measured right after the row without it
+  (target: within 0.02 of it).
 """
 
 from __future__ import annotations
@@ -86,24 +90,50 @@ def start(num_devices: int, num_decoders: int, latency: float, decoder, views: i
     return actors, decoders
 
 
-def efficiency(num_devices: int, per_device: int, latency: float, decoders: int, videos, decoder,
-               views: int) -> dict:
+def start_reference(spec: ModelSpec):
     import ray
+
+    handle = ray.remote(InferenceActor).options(num_cpus=1).remote(spec, "cpu", 0, 1, False)
+    ray.get(handle.describe.remote())
+    return handle
+
+
+def efficiency(num_devices: int, per_device: int, latency: float, decoders: int, videos, decoder,
+               views: int, reference: ModelSpec | None = None, audit_videos: int = 0) -> dict:
+    import ray
+
+    from harness.audit import audit_indices
+    from harness.scheduler import Audit
 
     actors, decs = start(num_devices, decoders, latency, decoder, views)
     entries = [Entry(i, videos[i % len(videos)], 0) for i in range(num_devices * per_device)]
-    got = []
+    got, answers = [], []
+    audit, references = None, []
+    if reference is not None:
+        references = [start_reference(reference)]
+        chosen = frozenset(audit_indices([e.index for e in entries], audit_videos))
+        audit = Audit(references[0], chosen, lambda index, out, error: answers.append(error))
     t0 = time.perf_counter()
-    Scheduler(decs, actors, metrics=False).run(entries, got.append)
+    Scheduler(decs, actors, metrics=False, audit=audit).run(entries, got.append)
     wall = time.perf_counter() - t0
-    for h in actors + decs:
+    for h in actors + decs + references:
         ray.kill(h)
     assert len(got) == len(entries) and all(r.status == "ok" for r in got)
+    assert len(answers) == (audit_videos if audit else 0) and not any(answers), answers
     throughput = len(entries) / wall
     ideal = num_devices / latency
     return {"devices": num_devices, "videos": len(entries), "wall_s": round(wall, 3),
             "videos_per_s": round(throughput, 3), "device_capacity_videos_per_s": round(ideal, 3),
-            "efficiency": round(throughput / ideal, 4)}
+            "efficiency": round(throughput / ideal, 4), "audited": len(answers)}
+
+
+def tiny_reference(root: Path) -> ModelSpec:
+    """The tiny test model (random weights) as an ONNX: the audit's fp32 reference."""
+    from harness.build import build_artifact
+    from harness.config import load_config
+
+    artifact = build_artifact(load_config(CONFIG), None, build_dir=root / "build")
+    return ModelSpec.from_artifact(artifact.directory, "onnxruntime")
 
 
 def memory_run(entries_count: int, videos: list[str], decoder, views: int) -> dict:
@@ -137,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency", type=float, default=0.1, help="simulated seconds per call")
     p.add_argument("--per-device", type=int, default=50, help="videos per simulated device")
     p.add_argument("--decoders", type=int, default=2)
+    p.add_argument("--audit", type=int, default=16,
+                   help="also measure each row with N audited videos (0: skip)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--memory-run", type=int, help=argparse.SUPPRESS)  # child process mode
     p.add_argument("--videos-dir", help=argparse.SUPPRESS)
@@ -159,8 +191,14 @@ def main(argv: list[str] | None = None) -> int:
         ray.init(address="local", num_cpus=max(4, args.decoders), resources={"SIM": 4},
                  include_dashboard=False,
                  logging_level=logging.WARNING, log_to_driver=False)
-        rows = [efficiency(n, args.per_device, args.latency, args.decoders, videos, decoder, views)
-                for n in (1, 2, 4)]
+        reference = tiny_reference(root) if args.audit else None
+        rows, audited = [], []
+        for n in (1, 2, 4):
+            rows.append(efficiency(n, args.per_device, args.latency, args.decoders, videos,
+                                   decoder, views))
+            if reference is not None:
+                audited.append(efficiency(n, args.per_device, args.latency, args.decoders, videos,
+                                          decoder, views, reference, args.audit))
         ray.shutdown()
         memory = []
         for count in (200, 2000):
@@ -173,14 +211,22 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
                    f"Python {platform.python_version()}",
         "latency_s": args.latency, "decoders": args.decoders,
-        "efficiency": rows, "memory": memory, "driver_memory_growth_mb": round(growth, 1),
-        "targets": {"efficiency_min": 0.95, "memory_growth_max_mb": 50},
-        "meets_targets": all(r["efficiency"] >= 0.95 for r in rows) and growth < 50,
+        "efficiency": rows, "efficiency_with_audit": audited,
+        "memory": memory, "driver_memory_growth_mb": round(growth, 1),
+        "targets": {"efficiency_min": 0.95, "memory_growth_max_mb": 50,
+                    "audit_efficiency_loss_max": 0.02},
+        "meets_targets": (all(r["efficiency"] >= 0.95 for r in rows) and growth < 50
+                          and all(r["efficiency"] - a["efficiency"] <= 0.02
+                                  for r, a in zip(rows, audited))),
     }
     print(f"{'devices':>7} {'videos':>6} {'wall s':>7} {'videos/s':>9} {'capacity':>9} {'efficiency':>10}")
-    for r in rows:
+    for r in rows + audited:
         print(f"{r['devices']:>7} {r['videos']:>6} {r['wall_s']:>7.2f} {r['videos_per_s']:>9.2f}"
-              f" {r['device_capacity_videos_per_s']:>9.2f} {r['efficiency']:>10.3f}")
+              f" {r['device_capacity_videos_per_s']:>9.2f} {r['efficiency']:>10.3f}"
+              + (f"   with --audit {r['audited']}" if r["audited"] else ""))
+    for r, a in zip(rows, audited):
+        print(f"audit cost at {r['devices']} device(s): {r['efficiency'] - a['efficiency']:+.3f}"
+              " efficiency (target <= 0.02)")
     for m in memory:
         print(f"driver peak RSS, {m['entries']:>5} entries: {m['peak_rss_mb']:.1f} MB ({m['wall_s']} s)")
     print(f"driver memory growth 200 -> 2000 entries: {growth:.1f} MB;"

@@ -166,6 +166,93 @@ def _atc_version(atc: str) -> str:
     return "sha256:" + sha256_file(real)
 
 
+# ATC's precision options (harness.config.BuildOptions fields; docs/build.md, "Precision"), in
+# the order they are passed; those naming a file are hashed by content.
+_ATC_PRECISION = ("precision_mode", "precision_mode_v2", "op_precision_mode", "op_select_implmode",
+                  "keep_dtype", "modify_mixlist")
+_ATC_PRECISION_FORMAT_1 = ("precision_mode", "op_precision_mode")   # keys of every hash since format 1
+_PRECISION_FILES = {"op_precision_mode": "an ATC op precision .ini",
+                    "keep_dtype": "a file of op names kept at their original precision",
+                    "modify_mixlist": "a .json adjusting ATC's mixed-precision lists"}
+
+# What each mode computes in, in words (CANN ATC parameter reference), for the manifest.
+_PRECISION_WORDS = {
+    "force_fp16": "float16 wherever an op supports both float16 and float32",
+    "force_fp32": "matrix ops float16 in / float32 out where supported, vector ops float32",
+    "cube_fp16in_fp32out": "matrix ops float16 in / float32 out where supported, vector ops float32",
+    "allow_fp32_to_fp16": "matrix ops float16, vector ops keep float32 where supported",
+    "must_keep_origin_dtype": "the graph's own dtypes (float32 here) wherever supported",
+    "allow_mix_precision": "mixed float16/float32 by ATC's built-in lists",
+    "allow_mix_precision_fp16": "mixed float16/float32 by ATC's built-in lists",
+    "allow_mix_precision_bf16": "mixed bfloat16/float32 by ATC's built-in lists",
+    "allow_fp32_to_bf16": "matrix ops bfloat16, vector ops keep float32 where supported",
+    "fp16": "float16 wherever an op supports it",
+    "origin": "the graph's own dtypes (float32 here) wherever supported",
+    "mixed_float16": "mixed float16/float32 by ATC's built-in lists",
+    "mixed_bfloat16": "mixed bfloat16/float32 by ATC's built-in lists",
+    "mixed_hif8": "mixed HiFloat8/float16/float32 by ATC's built-in lists",
+}
+
+
+def _precision_file(name: str, path: str | None) -> dict | None:
+    """``{"sha256"}`` of a precision option's file: its content changes the .om, its path and name
+    do not (the manifest adds the name). Checked even for ONNX-only builds."""
+    if path is None:
+        return None
+    what = _PRECISION_FILES[name]
+    if not Path(path).is_file():
+        raise ConfigError(f"config key 'harness.build.{name}' names {path}, which is not a file"
+                          f" (give the path of {what})")
+    if name == "modify_mixlist":
+        try:
+            lists = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"config key 'harness.build.modify_mixlist' names {path}, which is not"
+                              f" valid JSON ({exc}); ATC reads {what}") from exc
+        if not isinstance(lists, dict):
+            raise ConfigError(f"config key 'harness.build.modify_mixlist' names {path}, whose JSON is"
+                              " not an object (ATC expects keys such as \"black-list\", \"white-list\")")
+    return {"sha256": sha256_file(path)}
+
+
+def _manifest_build_options(plan: _Plan) -> dict:
+    """The hashed build options, with the name of each precision file next to its sha256."""
+    options = dict(plan.key["build"])
+    for name in _PRECISION_FILES:
+        if isinstance(options.get(name), dict):
+            options[name] = {"file": Path(getattr(plan.options, name)).name, **options[name]}
+    return options
+
+
+def _precision_summary(options: hcfg.BuildOptions, om: str | None) -> dict:
+    """What the artifact computes in, for the manifest's reader."""
+    if om is None:
+        return {"mode": None, "atc_default": None,
+                "words": "float32: ONNX only, no ATC ran (the ATC precision options do not apply)"}
+    if options.precision_mode_v2 is not None:
+        option, mode, default = "precision_mode_v2", options.precision_mode_v2, False
+    elif options.precision_mode is not None:
+        option, mode, default = "precision_mode", options.precision_mode, False
+    else:
+        option, mode, default = "precision_mode", hcfg.ATC_DEFAULT_PRECISION_MODE, True
+    words = f"--{option}={mode}"
+    words += (" (ATC's default: no precision option was given; the CANN docs' default for inference"
+              " products such as the 310P3)" if default else "")
+    words += f": {_PRECISION_WORDS.get(mode, mode)}"
+    extras = []
+    if options.modify_mixlist:
+        extras.append(f"mixed-precision lists adjusted by {Path(options.modify_mixlist).name}")
+    if options.keep_dtype:
+        extras.append(f"ops named in {Path(options.keep_dtype).name} keep their original precision")
+    if options.op_precision_mode:
+        extras.append(f"per-op implementations from {Path(options.op_precision_mode).name}")
+    if options.op_select_implmode:
+        extras.append(f"op implementations: {options.op_select_implmode}")
+    if extras:
+        words += "; " + "; ".join(extras)
+    return {"mode": f"{option}={mode}", "atc_default": default, "words": words}
+
+
 def model_name(model_cfg: dict) -> str:
     """A readable artifact name from the architecture, e.g. ``swin-e96-d2-2-18-2-c400``."""
     backbone = model_cfg.get("backbone", {})
@@ -208,12 +295,23 @@ def _plan(cfg, checkpoint, atc, overrides) -> _Plan:
     build_opts = dataclasses.asdict(options)
     build_opts["views_per_call"] = per_call
     build_opts["atc_extra_args"] = list(options.atc_extra_args)
-    opm = options.op_precision_mode
-    if opm:                               # the .ini's content changes the .om, its path does not
-        if not Path(opm).is_file():
-            raise ConfigError(f"config key 'harness.build.op_precision_mode' names {opm}, which is not"
-                              " a file (give the path of an ATC op precision .ini)")
-        build_opts["op_precision_mode"] = {"file": Path(opm).name, "sha256": sha256_file(Path(opm))}
+    precision_files = {name: _precision_file(name, getattr(options, name)) for name in _PRECISION_FILES}
+    given = [name for name in _ATC_PRECISION if getattr(options, name) is not None]
+    for name in _ATC_PRECISION:
+        value = build_opts.pop(name)
+        if atc_path is None or value is None:
+            # An ONNX-only build runs no ATC: its precision options change nothing, so they are
+            # not in its hash (the same words with and without them reuse one ONNX). Options
+            # added after the first hash format appear only when set, so artifacts built
+            # before them keep their hash.
+            if name in _ATC_PRECISION_FORMAT_1:
+                build_opts[name] = None
+            continue
+        # a file counts by content: its path and name do not change the .om
+        build_opts[name] = precision_files[name] if name in precision_files else value
+    if atc_path is None and given:
+        log.info("ATC not found: %s apply only to the .om and are not used for an ONNX-only build",
+                 ", ".join(given))
     key = {
         "format": _HASH_FORMAT,
         "model": model_cfg,
@@ -480,10 +578,10 @@ def _atc_argv(plan: _Plan, onnx_path: Path, out_stem: Path) -> list[str]:
     argv = [plan.atc, "--framework=5", f"--model={onnx_path}", f"--output={out_stem}",
             f"--soc_version={o.soc_version}",
             f"--input_shape={INPUT_NAME}:{','.join(str(d) for d in plan.input_shape)}"]
-    if o.precision_mode:
-        argv.append(f"--precision_mode={o.precision_mode}")
-    if o.op_precision_mode:
-        argv.append(f"--op_precision_mode={Path(o.op_precision_mode).resolve()}")
+    for name in _ATC_PRECISION:
+        value = getattr(o, name)
+        if value is not None:
+            argv.append(f"--{name}={Path(value).resolve() if name in _PRECISION_FILES else value}")
     argv.append("--log=error")
     argv.extend(str(a) for a in o.atc_extra_args)
     return argv
@@ -576,10 +674,11 @@ def _build_into(tmp: Path, plan: _Plan, unsafe_load_checkpoint: bool) -> dict:
         "onnx": ONNX_FILE,
         "om": om,
         "soc_version": plan.options.soc_version if om else None,
+        "precision": _precision_summary(plan.options, om),
         "checkpoint": ({"path": str(plan.checkpoint), "sha256": plan.checkpoint_sha256}
                        if plan.checkpoint else "random-init"),
         "tool_versions": {**plan.key["tools"], **({"atc": plan.atc_version} if om else {})},
-        "build_options": plan.key["build"],
+        "build_options": _manifest_build_options(plan),
         "graph": graph,
         "verification": {"max_abs_diff": diff, "tolerance": TOLERANCE},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},

@@ -56,10 +56,23 @@ BUILD_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "--opset": ("opset", dict(type=int_at_least(11), help="ONNX opset, 11 to 20 (default 17)")),
     "--soc-version": ("soc_version", dict(help="the chip the .om is compiled for, as `npu-smi"
                       " info` names it with the Ascend prefix (default Ascend310P3)")),
-    "--precision-mode": ("precision_mode", dict(help="ATC --precision_mode (default: ATC's own,"
-                         " force_fp16 on inference chips); see docs/build.md")),
-    "--op-precision-mode": ("op_precision_mode", dict(help="ATC --op_precision_mode: an .ini file"
-                            " (hashed by content)")),
+    "--precision-mode": ("precision_mode", dict(metavar="MODE", help="ATC --precision_mode: force_fp32,"
+                         " cube_fp16in_fp32out, force_fp16, allow_fp32_to_fp16, must_keep_origin_dtype,"
+                         " allow_mix_precision[_fp16|_bf16], allow_fp32_to_bf16 (default: none passed,"
+                         " ATC's own: force_fp16 on inference chips); see docs/build.md, Precision")),
+    "--precision-mode-v2": ("precision_mode_v2", dict(metavar="MODE", help="ATC --precision_mode_v2"
+                            " (newer CANN; not with --precision-mode): fp16, origin, cube_fp16in_fp32out,"
+                            " mixed_float16, mixed_bfloat16, mixed_hif8")),
+    "--op-precision-mode": ("op_precision_mode", dict(metavar="INI", help="ATC --op_precision_mode:"
+                            " an .ini file (hashed by content)")),
+    "--op-select-implmode": ("op_select_implmode", dict(metavar="MODE", help="ATC --op_select_implmode:"
+                             " high_precision, high_performance (ATC's default), high_precision_for_all,"
+                             " high_performance_for_all")),
+    "--keep-dtype": ("keep_dtype", dict(metavar="FILE", help="ATC --keep_dtype: a file of op names"
+                     " kept at their original precision (hashed by content)")),
+    "--modify-mixlist": ("modify_mixlist", dict(metavar="JSON", help="ATC --modify_mixlist: a .json"
+                         " adjusting the mixed-precision lists; only with an allow_mix_precision* or"
+                         " mixed_* mode (hashed by content)")),
 }
 
 

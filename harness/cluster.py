@@ -53,11 +53,12 @@ def _worker_env() -> dict[str, str]:
 
 
 def connect(address: str | None, resources: dict | None, plan: DevicePlan,
-            decoders: int | None) -> tuple[bool, str | None]:
+            decoders: int | None, other_cpus: int = 0) -> tuple[bool, str | None]:
     """Attach to or start Ray; returns ``(started here, dashboard URL)``.
 
     ``address``: the cluster to join (``--address``, else ``$RAY_ADDRESS``); None starts a
-    local instance with ``resources`` (like ``ray start --resources``) declared.
+    local instance with ``resources`` (like ``ray start --resources``) declared, and CPUs for
+    the CPU actors, the decoders and ``other_cpus`` (the audit's reference actor).
     """
     address = address or os.environ.get("RAY_ADDRESS") or None
     if not address and "ray" not in sys.modules:
@@ -78,7 +79,7 @@ def connect(address: str | None, resources: dict | None, plan: DevicePlan,
             raise DeviceError(f"could not join the Ray cluster at {address}: {exc}") from exc
         return True, context.dashboard_url
     cores = os.cpu_count() or 1
-    cpu_actors = plan.count if plan.kind == "cpu" else 0
+    cpu_actors = (plan.count if plan.kind == "cpu" else 0) + other_cpus
     decoders = decoders or max(1, cores - cpu_actors)
     # Logical CPUs: the inference actors and the decoders must all run at once, even
     # when that asks for more than the cores (each is single-threaded; the OS shares).
@@ -94,11 +95,13 @@ def connect(address: str | None, resources: dict | None, plan: DevicePlan,
     return True, context.dashboard_url
 
 
-def wait_for_devices(plan: DevicePlan, decoders: int | None, wait_s: float) -> tuple[int, int]:
+def wait_for_devices(plan: DevicePlan, decoders: int | None, wait_s: float,
+                     other_cpus: int = 0) -> tuple[int, int]:
     """Wait (up to ``wait_s``) until the cluster has the devices free, saying what it waits for;
     fail at once when it has too few at all. Returns ``(decoders to start, most decoders)``:
     ``--decoders D`` fixes both; by default one more than the devices to start with, and as
-    many as the free CPUs allow as the measured rates ask for more (harness.scheduler)."""
+    many as the free CPUs allow as the measured rates ask for more (harness.scheduler).
+    ``other_cpus``: CPUs other actors of the run take (the audit's reference actor)."""
     import ray
 
     total = ray.cluster_resources()
@@ -119,9 +122,9 @@ def wait_for_devices(plan: DevicePlan, decoders: int | None, wait_s: float) -> t
                           f" {have} (found: {found or 'nothing'}). Fix: "
                           + fix % ((plan.count,) * 2))
     cpus_total = int(total.get("CPU", 0))
-    cpu_actors = plan.count if plan.kind == "cpu" else 0
+    cpu_actors = (plan.count if plan.kind == "cpu" else 0) + other_cpus
     if cpu_actors + (decoders or 1) > cpus_total:
-        raise DeviceError(f"{cpu_actors} CPU inference actor(s) plus {decoders or 1} decode worker(s)"
+        raise DeviceError(f"{cpu_actors} CPU actor(s) plus {decoders or 1} decode worker(s)"
                           f" need {cpu_actors + (decoders or 1)} CPUs; the cluster has {cpus_total}."
                           " Fix: fewer --decoders or --cpus, or `ray start --num-cpus N` with more")
     started, next_note = time.monotonic(), 0.0
@@ -167,9 +170,9 @@ class _RayInferenceActor(InferenceActor):
         self._check()
         return super().describe()
 
-    def infer(self, index: int, views) -> dict:
+    def infer(self, index: int, views, with_logits: bool = False) -> dict:
         self._check()
-        return super().infer(index, views)
+        return super().infer(index, views, with_logits)
 
     def bench(self, loops: int, warmup: int = 1) -> dict:
         self._check()
@@ -271,6 +274,24 @@ def start_actors(spec: ModelSpec, plan: DevicePlan, decoder, num_decoders: int,
                           f" {startup_s:g} s (loading the model, or waiting for resources other"
                           " jobs hold: `RAY_AUTH_MODE=token ray status`)") from None
     return actors, decoders, descriptions
+
+
+def start_reference(spec: ModelSpec, max_restarts: int = 3, startup_s: float = 900.0):
+    """The audit's reference actor: ``spec`` in fp32 on one CPU of any node; waits until it
+    loaded (its description) and raises its error if it cannot."""
+    import ray
+    from ray.exceptions import GetTimeoutError, RayTaskError
+
+    handle = (ray.remote(_RayInferenceActor)
+              .options(num_cpus=1, max_restarts=max_restarts, max_task_retries=0,
+                       name=_unique_name("reference-cpu"), runtime_env={"env_vars": _thread_env(1)})
+              .remote(spec, "cpu", 0, 1))
+    try:
+        return handle, ray.get(handle.describe.remote(), timeout=startup_s)
+    except (RayTaskError, GetTimeoutError) as exc:
+        release([handle], [], started=False)
+        cause = getattr(exc, "cause", None)
+        raise DeviceError(f"the audit's reference actor did not start: {cause or exc}") from None
 
 
 def put_model_file(spec: ModelSpec) -> ModelSpec:

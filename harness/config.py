@@ -297,6 +297,27 @@ def clip_geometry(cfg) -> ClipGeometry:
 
 # ---------------------------------------------------------------- harness options
 
+# ATC's precision options (CANN ATC parameter reference; docs/build.md, "Precision").
+# --precision_mode values, as the CANN docs list them (force_fp32 = cube_fp16in_fp32out).
+PRECISION_MODES = ("force_fp32", "cube_fp16in_fp32out", "force_fp16", "allow_fp32_to_fp16",
+                   "must_keep_origin_dtype", "allow_mix_precision", "allow_mix_precision_fp16",
+                   "allow_mix_precision_bf16", "allow_fp32_to_bf16")
+# --precision_mode_v2 (newer CANN; never together with --precision_mode). mixed_hif8 is
+# documented for the newest chips only; ATC itself refuses a mode the chip lacks.
+PRECISION_MODES_V2 = ("fp16", "origin", "cube_fp16in_fp32out", "mixed_float16", "mixed_bfloat16",
+                      "mixed_hif8")
+# --modify_mixlist adjusts the lists of these (mixed-precision) modes only.
+MIX_PRECISION_MODES = {"precision_mode": ("allow_mix_precision", "allow_mix_precision_fp16",
+                                          "allow_mix_precision_bf16"),
+                       "precision_mode_v2": ("mixed_float16", "mixed_bfloat16", "mixed_hif8")}
+# --keep_dtype has no effect under these (the graph's dtypes are kept anyway).
+KEEP_ORIGIN_MODES = {"precision_mode": ("must_keep_origin_dtype",), "precision_mode_v2": ("origin",)}
+OP_SELECT_IMPLMODES = ("high_precision", "high_performance", "high_precision_for_all",
+                       "high_performance_for_all")
+# ATC's default when neither precision mode is given (for inference products such as the 310P3).
+ATC_DEFAULT_PRECISION_MODE = "force_fp16"
+
+
 @dataclass(frozen=True)
 class BuildOptions:
     """How ``harness.build`` makes the deployable model (section ``harness.build``)."""
@@ -306,9 +327,50 @@ class BuildOptions:
     views_per_call: int | None = None   # None: all of a video's views in one call
     opset: int = 17
     soc_version: str = "Ascend310P3"
-    precision_mode: str | None = None   # ATC --precision_mode
+    precision_mode: str | None = None   # ATC --precision_mode (None: ATC's default, force_fp16)
+    precision_mode_v2: str | None = None  # ATC --precision_mode_v2 (newer CANN; not with precision_mode)
     op_precision_mode: str | None = None  # ATC --op_precision_mode (path to an .ini)
+    keep_dtype: str | None = None       # ATC --keep_dtype (path to a file of ops kept at their precision)
+    modify_mixlist: str | None = None   # ATC --modify_mixlist (path to a .json; mixed modes only)
+    op_select_implmode: str | None = None  # ATC --op_select_implmode (high_precision, high_performance)
     atc_extra_args: tuple[str, ...] = ()
+
+
+def _check_precision_options(options: BuildOptions) -> None:
+    """Values and combinations of ATC's precision options (files are checked by the build)."""
+    def flag(name: str) -> str:
+        return f"'harness.build.{name}' (--{name.replace('_', '-')})"
+
+    for name, allowed, other in (("precision_mode", PRECISION_MODES, PRECISION_MODES_V2),
+                                 ("precision_mode_v2", PRECISION_MODES_V2, PRECISION_MODES),
+                                 ("op_select_implmode", OP_SELECT_IMPLMODES, ())):
+        value = getattr(options, name)
+        if value is not None and value not in allowed:
+            hint = ""
+            if value in other:
+                twin = "precision_mode_v2" if name == "precision_mode" else "precision_mode"
+                hint = f" ({value!r} is a value of {twin})"
+            raise ConfigError(f"config key {flag(name)} is {value!r}{hint}; ATC accepts one of:"
+                              f" {', '.join(allowed)} (docs/build.md, Precision)")
+    if options.precision_mode is not None and options.precision_mode_v2 is not None:
+        raise ConfigError(f"config keys {flag('precision_mode')} and {flag('precision_mode_v2')} cannot"
+                          " be combined: ATC takes one or the other (precision_mode_v2 is the newer"
+                          " CANN spelling); give only one")
+    if options.precision_mode_v2 is not None:
+        name, mode = "precision_mode_v2", options.precision_mode_v2
+    elif options.precision_mode is not None:
+        name, mode = "precision_mode", options.precision_mode
+    else:
+        name, mode = "precision_mode", None
+    current = (f"{name} is {mode!r}" if mode else
+               f"no precision mode is given, so ATC uses its default {ATC_DEFAULT_PRECISION_MODE}")
+    if options.modify_mixlist is not None and mode not in MIX_PRECISION_MODES[name]:
+        modes = " or ".join(f"{key} {', '.join(values)}" for key, values in MIX_PRECISION_MODES.items())
+        raise ConfigError(f"config key {flag('modify_mixlist')} adjusts ATC's mixed-precision lists,"
+                          f" which apply only with {modes}; here {current}")
+    if options.keep_dtype is not None and mode in KEEP_ORIGIN_MODES[name]:
+        raise ConfigError(f"config key {flag('keep_dtype')} has no effect with {name} {mode!r}: every"
+                          " op keeps the graph's precision already; drop one of them")
 
 
 @dataclass(frozen=True)
@@ -325,6 +387,11 @@ class RunOptions:
     max_failure_rate: float = 0.5          # stop when more than this fraction failed ...
     failure_window: int = 50               # ... once this many videos finished (all failed: stop)
     wait: float = 600.0                    # s to wait for devices other jobs hold
+    # the precision audit (docs/running.md, "Precision audit")
+    audit: int | None = None               # videos; None: 16 for an .om or a GPU, else 0
+    audit_min_top1_agreement: float = 0.99  # below: a warning (exit 1 under --strict)
+    audit_max_prob_diff: float = 0.01      # max |Δprob| above: a warning (exit 1 under --strict)
+    audit_timeout: float = 3600.0          # s per video on the reference actor (one CPU)
 
 
 @dataclass(frozen=True)
@@ -364,12 +431,20 @@ def harness_options(cfg, run: dict | None = None, **overrides: Any) -> HarnessOp
     if options.input_dtype not in ("uint8", "float32"):
         raise ConfigError(f"config key 'harness.build.input_dtype' is {options.input_dtype!r};"
                           " use 'uint8' or 'float32'")
+    _check_precision_options(options)
     run_options = _options(RunOptions, section.get("run") or {}, "run", run or {})
-    for key in ("decode_timeout", "infer_timeout", "startup_timeout", "wait"):
+    for key in ("decode_timeout", "infer_timeout", "startup_timeout", "wait", "audit_timeout"):
         value = getattr(run_options, key)
         if value is not None and not (isinstance(value, (int, float)) and value > 0):
             raise ConfigError(f"config key 'harness.run.{key}' is {value!r}; use a positive number of"
                               " seconds")
+    if run_options.audit is not None and not (isinstance(run_options.audit, int) and run_options.audit >= 0):
+        raise ConfigError(f"config key 'harness.run.audit' is {run_options.audit!r}; use a number of"
+                          " videos (0: no audit)")
+    for key in ("audit_min_top1_agreement", "audit_max_prob_diff"):
+        if not 0 <= getattr(run_options, key) <= 1:
+            raise ConfigError(f"config key 'harness.run.{key}' is {getattr(run_options, key)!r};"
+                              " use a fraction in [0, 1]")
     if not 0 < run_options.max_failure_rate <= 1:
         raise ConfigError(f"config key 'harness.run.max_failure_rate' is"
                           f" {run_options.max_failure_rate!r}; use a fraction in (0, 1] (1: never stop)")

@@ -2,7 +2,8 @@
 
 Drawn from a run's summary and the predictions rows it was computed from:
 headline metrics, per-class accuracy (worst and best classes when there are many),
-top confusions, throughput over time per device, failures with reasons, benchmark loops.
+top confusions, throughput over time per device, failures with reasons, benchmark loops,
+the precision audit; every accuracy with its 95% interval, and a subset said to be one.
 """
 
 from __future__ import annotations
@@ -115,6 +116,41 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _with_interval(summary: dict, key: str) -> str:
+    value, ci = summary.get(key), (summary.get("ci95") or {}).get(key)
+    if value is None:
+        return "n/a"
+    text = f"{100 * value:.2f}%"
+    return text + (f'<div class="ci">95% CI {100 * ci[0]:.2f} - {100 * ci[1]:.2f}%</div>' if ci else "")
+
+
+def _audit_html(audit: dict | None, name) -> str:
+    if not audit:
+        return "<p>No audit in this run (<code>--audit N</code> scores N videos with an fp32 reference too).</p>"
+    if "skipped" in audit:
+        return f"<p>Audit skipped: {_esc(audit['skipped'])}</p>"
+    head = (f"<p>{audit['videos_audited']} of {audit['videos_requested']} videos also scored by"
+            f" {_esc(audit['reference'])}, from the same decoded views.</p>")
+    if audit.get("top1_agreement") is None:
+        return head + "<p>None paired yet.</p>"
+    lo, hi = audit["top1_agreement_ci95"]
+    verdict = ('<p class="ok">Within the thresholds.</p>' if audit["passed"] else
+               "".join(f'<p class="warn">{_esc(w)}</p>' for w in audit["warnings"]))
+    metrics = _table(["measure", "value"], [
+        ("top-1 agreement", f"{100 * audit['top1_agreement']:.2f}% (95% CI {100 * lo:.1f} - {100 * hi:.1f}%)"),
+        ("top-5 set agreement", f"{100 * audit['top5_set_agreement']:.2f}%"),
+        ("max |Δprob| (averaged class probabilities)", audit["max_abs_prob_diff"]),
+        ("mean |Δprob|", audit["mean_abs_prob_diff"]),
+        ("max |Δlogit| (per view)", audit["max_abs_logit_diff"]),
+        ("cosine similarity of the logits (min / mean)",
+         f"{audit['cosine_similarity_min']:.6f} / {audit['cosine_similarity_mean']:.6f}")])
+    differ = audit.get("top1_differs") or []
+    differ_html = (_table(["index", "path", "true class", "device", "reference"],
+                          [(d["index"], d["path"], d["label"], d["device"], d["reference"])
+                           for d in differ]) if differ else "<p>Every audited video has the same top-1.</p>")
+    return head + verdict + metrics + differ_html
+
+
 def render_report(summary: dict, rows: Sequence[dict], class_names: Sequence[str] = ()) -> str:
     """The report page as a string."""
     names = list(class_names)
@@ -122,17 +158,21 @@ def render_report(summary: dict, rows: Sequence[dict], class_names: Sequence[str
     def name(label: int) -> str:
         return names[label] if 0 <= label < len(names) else str(label)
 
-    headline = [
-        ("top-1", summary.get("top1")), ("top-5", summary.get("top5")),
-        ("mean class accuracy", summary.get("mean_class_accuracy")),
-        ("videos ok / total", f"{summary.get('videos_ok')} / {summary.get('videos_total')}"),
-        ("failed", summary.get("videos_failed")),
-        ("throughput (videos/s)", summary.get("throughput_videos_per_s")),
-        ("wall time (s)", summary.get("wall_s")),
-        ("backend", summary.get("backend")),
+    headline = [   # (name, HTML)
+        ("top-1", _with_interval(summary, "top1")), ("top-5", _with_interval(summary, "top5")),
+        ("mean class accuracy", _with_interval(summary, "mean_class_accuracy")),
+        ("videos ok / total", _fmt(f"{summary.get('videos_ok')} / {summary.get('videos_total')}")),
+        ("failed", _fmt(summary.get("videos_failed"))),
+        ("throughput (videos/s)", _fmt(summary.get("throughput_videos_per_s"))),
+        ("wall time (s)", _fmt(summary.get("wall_s"))),
+        ("backend", _fmt(summary.get("backend"))),
     ]
-    cards = "".join(f'<div class="card"><div class="k">{_esc(k)}</div><div class="v">{_fmt(v)}</div></div>'
+    cards = "".join(f'<div class="card"><div class="k">{_esc(k)}</div><div class="v">{v}</div></div>'
                     for k, v in headline)
+    subset = summary.get("subset")
+    subset_html = (f'<p class="warn">A subset: {subset["videos"]} of the list\'s {subset["of"]} videos,'
+                   f' {_esc(subset["method"])}, seed {subset["seed"]}. An estimate of the full'
+                   ' list\'s accuracy (see the intervals), not the full result.</p>' if subset else "")
     confusions = top_confusions(rows)
     confusion_html = (_table(["true class", "predicted", "videos"],
                              [(name(t), name(p), n) for t, p, n in confusions])
@@ -165,15 +205,18 @@ h1{{font-size:1.5em}} h2{{font-size:1.15em;margin-top:1.6em;border-bottom:1px so
 .k{{font-size:.8em;color:#555}} .v{{font-size:1.4em;font-weight:600}}
 table{{border-collapse:collapse;margin:.5em 0}} td,th{{border:1px solid #ddd;padding:.25em .6em;text-align:left}}
 svg.chart text{{font-size:11px;fill:#333}} .legend{{font-size:.9em}} .meta{{color:#666;font-size:.85em}}
+.ci{{font-size:.55em;font-weight:400;color:#555}} .warn{{color:#b00020;font-weight:600}} .ok{{color:#2e7d32}}
 </style></head><body>
 <h1>Video Swin evaluation report</h1>
 <p class="meta">config {_esc(summary.get('config', ''))} &middot; artifact {_esc(artifact.get('hash', ''))}
  &middot; list {_esc(summary.get('ann_file', ''))}</p>
-<div class="cards">{cards}</div>
+{subset_html}<div class="cards">{cards}</div>
+<p class="meta">Intervals: {_esc((summary.get('ci95') or {}).get('method', 'none'))}.</p>
 <h2>Per-class top-1 accuracy</h2>{_class_bars(per_class_accuracy(rows), names)}
 <h2>Top confusions</h2>{confusion_html}
 <h2>Throughput over time</h2>{_throughput_chart(rows)}
 <h2>Devices</h2>{device_html}
+<h2>Precision audit</h2>{_audit_html(summary.get("audit"), name)}
 <h2>Benchmark loops</h2>{bench_html}
 <h2>Failures</h2>{failure_html}
 </body></html>

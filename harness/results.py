@@ -221,16 +221,25 @@ def read_predictions(work_dir: str | Path) -> pa.Table:
     return table.take(pa.array(len(indices) - 1 - latest))
 
 
-def job_table(work_dir: str | Path, limit: int | None = None) -> pa.Table:
-    """The rows of this job: one per index, and with ``--limit K`` only the first K list
-    entries (an earlier, longer run of the same job may have recorded more). Summary and
-    report are both made from this table."""
+def job_table(work_dir: str | Path, limit: int | None = None,
+              indices: list[int] | None = None) -> pa.Table:
+    """The rows of this job: one per index; with ``--limit K`` only the first K list entries,
+    with ``indices`` (a ``--subset``) only those (an earlier, longer run of the same job may
+    have recorded more). Summary and report are both made from this table."""
+    import pyarrow.compute as pc
+
     table = read_predictions(work_dir)
     if limit is not None:
-        import pyarrow.compute as pc
-
         table = table.filter(pc.less(table.column("index"), limit))
+    if indices is not None:
+        table = table.filter(pc.is_in(table.column("index"), pa.array(indices, pa.int64())))
     return table
+
+
+def ok_indices(work_dir: str | Path) -> set[int]:
+    """Indices recorded with scores."""
+    rows = read_predictions(work_dir).select(["index", "status"]).to_pylist()
+    return {r["index"] for r in rows if r["status"] == "ok"}
 
 
 def done_indices(work_dir: str | Path, retry_failed: bool = False) -> set[int]:
@@ -262,13 +271,14 @@ def summarize(table: pa.Table, *, wall_s: float, processed: int, backend: str,
         labels = ok_table.column("label").to_numpy()
         top1, top5 = top_k_accuracy(scores, labels, 1), top_k_accuracy(scores, labels, 5)
         mca = mean_class_accuracy(scores, labels)
+        ci95 = intervals(scores, labels)
     else:
-        top1 = top5 = mca = None
+        top1 = top5 = mca = ci95 = None
     per_device = Counter(zip(ok_table.column("device").to_pylist(), ok_table.column("node").to_pylist()))
     devices = [{"kind": dev.split(":")[0], "id": dev.split(":", 1)[-1], "node": node, "videos": n}
                for (dev, node), n in sorted(per_device.items())]
     summary = {
-        "top1": top1, "top5": top5, "mean_class_accuracy": mca,
+        "top1": top1, "top5": top5, "mean_class_accuracy": mca, "ci95": ci95,
         "videos_total": table.num_rows, "videos_ok": ok_table.num_rows, "videos_failed": len(failed),
         "failures": dict(sorted(Counter(r["error"] for r in failed).items())),
         "failed": [{"index": r["index"], "path": r["path"], "reason": r["error"],
@@ -282,6 +292,24 @@ def summarize(table: pa.Table, *, wall_s: float, processed: int, backend: str,
     if extra:
         summary.update(extra)
     return summary
+
+
+def intervals(scores: np.ndarray, labels: np.ndarray) -> dict:
+    """95% intervals of top-1, top-5 (Wilson score) and mean class accuracy (normal, over the
+    per-class proportions): harness.stats."""
+    from harness.scores import top_k
+    from harness.stats import mean_class_interval, wilson_interval
+
+    ranked = top_k(scores, 5)
+    hits1, hits5 = ranked[:, 0] == labels, (ranked == labels[:, None]).any(axis=1)
+    classes = np.unique(labels)
+    return {"method": "Wilson score interval for top-1 and top-5; for mean class accuracy a"
+                      " normal interval over the per-class proportions (Agresti-Coull variances)",
+            "top1": wilson_interval(int(hits1.sum()), len(labels)),
+            "top5": wilson_interval(int(hits5.sum()), len(labels)),
+            "mean_class_accuracy": mean_class_interval(
+                [int(hits1[labels == c].sum()) for c in classes],
+                [int((labels == c).sum()) for c in classes])}
 
 
 def write_summary(work_dir: str | Path, summary: dict) -> Path:

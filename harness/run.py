@@ -82,12 +82,22 @@ def _parser() -> argparse.ArgumentParser:
                    " (default: harness.label_map in the config, or configs/label_map_k400.txt"
                    " for 400 classes)")
     p.add_argument("--limit", type=cli.int_at_least(1), help="only the first K videos of the list")
+    p.add_argument("--subset", type=cli.int_at_least(1),
+                   help="a quick estimate: N videos of the list, stratified by class (as even as"
+                   " the list allows), chosen by --seed; the report says it is a subset")
+    p.add_argument("--seed", type=int, default=0, help="which --subset (default 0; same seed, same videos)")
+    p.add_argument("--audit", type=cli.int_at_least(0),
+                   help="N videos spread over the list are also scored by an fp32 reference on a"
+                   " CPU (onnxruntime on the build's ONNX, or the checkpoint) from the same decoded"
+                   " views: agreement and differences in the summary (default: 16 for --npus or"
+                   " --gpus, 0 on CPUs; 0: off)")
     p.add_argument("--decoders", type=cli.int_at_least(1),
                    help="CPU decode workers (default: the cluster's free CPUs, at least 1)")
     p.add_argument("--bench-loops", type=cli.int_at_least(0), default=0,
                    help="pure-inference calls per device after the evaluation (default 0: none)")
     p.add_argument("--bench-only", action="store_true", help="only the benchmark loops, no evaluation")
-    p.add_argument("--strict", action="store_true", help="exit 1 if any video failed")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 if any video failed or the audit's thresholds do not hold")
     p.add_argument("--no-ray", action="store_true",
                    help="run every stage in this process, one video at a time (debugging; the"
                    " tests' oracle)")
@@ -133,6 +143,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"{', '.join(given)}: build options have no effect on a prebuilt {prebuilt}")
     if args.bench_only and not args.bench_loops:
         p.error("--bench-only needs --bench-loops L")
+    if args.subset and args.limit:
+        p.error("--subset and --limit choose the videos two ways: give one")
     return args
 
 
@@ -154,6 +166,11 @@ class Job:
     data_prefix: str | None = None
     options: Any = None         # harness.config.RunOptions
     lock: Any = None            # the work dir's lock, held while this process runs
+    subset: dict | None = None  # --subset: how the entries were drawn
+    audited: list = field(default_factory=list)   # the audit's entries (harness.audit)
+    reference: ModelSpec | None = None            # what scores them in fp32
+    reference_what: str = ""
+    audit_incomplete: dict = field(default_factory=dict)   # index -> why it has no pair (this run)
 
 
 def prepare(args: argparse.Namespace) -> Job:
@@ -164,7 +181,7 @@ def prepare(args: argparse.Namespace) -> Job:
     cfg = load_config(args.config, args.cfg_options)
     options = harness_options(cfg, run={
         "decode_timeout": args.decode_timeout, "infer_timeout": args.infer_timeout,
-        "max_failure_rate": args.max_failure_rate, "wait": args.wait}).run
+        "max_failure_rate": args.max_failure_rate, "wait": args.wait, "audit": args.audit}).run
     plan = device_plan(args)
     job_entries, ann_file, prefix = [], None, None
     if not args.bench_only:  # a bad list fails now, not after a long build
@@ -181,16 +198,48 @@ def prepare(args: argparse.Namespace) -> Job:
         ann_file, len(job_entries), artifact_hash=spec.identity,
         data_prefix=str(Path(prefix).resolve()), backend=spec.backend,
         config_digest=evaluation_digest(cfg))
-    if args.limit is not None:  # after the identity: --limit 100 then all of it resumes
+    # after the identity: --limit 100 (or a --subset) then all of it resumes
+    subset = None
+    if args.limit is not None:
         job_entries = job_entries[: args.limit]
+    elif args.subset is not None:
+        from harness.data.filelist import stratified_subset
+
+        subset = {"videos": min(args.subset, len(job_entries)), "of": len(job_entries),
+                  "seed": args.seed, "method": "stratified by class: classes take turns, one"
+                  " video each, drawn with the seed (harness.data.filelist.stratified_subset)"}
+        job_entries = stratified_subset(job_entries, args.subset, args.seed)
     resumed = results.prepare_work_dir(work, identity, overwrite=args.overwrite)
     done = results.done_indices(work, args.retry_failed) if resumed else set()
+    audited, reference, reference_what = plan_audit(options, spec, plan, job_entries)
+    if audited and resumed:   # scored earlier without the audit's pair: score them again
+        from harness import audit
+
+        paired, scored = audit.recorded_indices(work), results.ok_indices(work)
+        done -= {e.index for e in audited if e.index in scored and e.index not in paired}
     todo = [e for e in job_entries if e.index not in done]
     if done:
         log.info("resuming: %d of %d videos already recorded in %s (%d to do)",
                  len(job_entries) - len(todo), len(job_entries), work, len(todo))
     return Job(cfg, plan, spec, artifact, work, ViewDecoder.from_config(cfg), job_entries, todo,
-               ann_file, prefix, options, lock)
+               ann_file, prefix, options, lock, subset, audited, reference, reference_what)
+
+
+def plan_audit(options, spec: ModelSpec, plan: DevicePlan, entries: list):
+    """(the audited entries, the reference's ModelSpec, what it is) for ``--audit``."""
+    from harness import audit
+
+    wanted = options.audit if options.audit is not None else audit.default_videos(spec.backend, plan.kind)
+    if not wanted:
+        return [], None, ""
+    reference, what = audit.reference_spec(spec)
+    if reference is None:
+        log.warning("audit skipped: %s", what)
+        return [], None, what
+    chosen = set(audit.audit_indices([e.index for e in entries], wanted))
+    audited = [e for e in entries if e.index in chosen]
+    log.info("audit: %d video(s) also scored by the reference (%s)", len(audited), what)
+    return audited, reference, what
 
 
 def device_plan(args) -> DevicePlan:
@@ -316,6 +365,7 @@ def evaluate(job: Job, runner, args: argparse.Namespace,
     failure stops the run, and the runner is always closed."""
     from harness import bench as benchmod
     from harness import results
+    from harness.audit import Auditor
     from harness.breaker import CircuitBreaker
 
     writer = None if args.bench_only else results.ResultWriter(job.work, batch_size=args.flush_every)
@@ -327,11 +377,15 @@ def evaluate(job: Job, runner, args: argparse.Namespace,
     breaker = CircuitBreaker(window=window, max_rate=job.options.max_failure_rate)
     progress = Progress(0, 0, enabled=False)   # the real bar starts once the devices are ready
     processed = 0
+    auditor = Auditor(job.work, job.audited) if job.audited and not args.bench_only else None
+    job.audit_incomplete = auditor.incomplete if auditor else {}
 
     def record(result: VideoResult) -> None:
         nonlocal processed
         processed += 1
         writer.add(result)
+        if auditor is not None:
+            auditor.device(result)
         progress.update(result)
         if on_result is not None:
             on_result(result)
@@ -343,14 +397,16 @@ def evaluate(job: Job, runner, args: argparse.Namespace,
     interrupts = Interrupts(runner)
     try:
         with interrupts:
-            sessions = runner.start(job.spec, job.plan, job.decoder, args.decoders)
+            sessions = runner.start(job.spec, job.plan, job.decoder, args.decoders,
+                                    job.reference if auditor else None)
             url = getattr(runner, "dashboard_url", None)
             if url:
                 print_dashboard(url)
             progress = Progress(len(job.entries), len(job.entries) - len(job.todo),
                                 enabled=not args.no_progress and not args.bench_only)
             start = time.perf_counter()
-            stats = RunStats() if args.bench_only else runner.evaluate(job.todo, record, tick)
+            audit = ({e.index for e in job.audited}, auditor.reference) if auditor else None
+            stats = RunStats() if args.bench_only else runner.evaluate(job.todo, record, tick, audit)
             wall = time.perf_counter() - start
             if writer is not None:
                 writer.close()
@@ -388,7 +444,7 @@ def finish(job: Job, outcome: Outcome, args: argparse.Namespace) -> dict:
         summary["bench"] = outcome.bench
         table = results.job_table(job.work, summary.get("limit"))
     else:
-        table = results.job_table(job.work, args.limit)
+        table = results.job_table(job.work, indices=[e.index for e in job.entries])
         summary = results.summarize(
             table, wall_s=outcome.wall_s, processed=outcome.processed, backend=job.spec.backend,
             artifact=job.artifact, bench=outcome.bench,
@@ -396,6 +452,7 @@ def finish(job: Job, outcome: Outcome, args: argparse.Namespace) -> dict:
                    "sessions": outcome.sessions,
                    "work_dir": str(job.work), "ann_file": job.ann_file,
                    "data_prefix": job.data_prefix, "limit": args.limit, "ray": not args.no_ray,
+                   "subset": job.subset, "audit": audit_section(job, args),
                    "config": str(job.cfg.get("_harness_config_path"))})
     results.write_summary(job.work, summary)
     try:
@@ -414,6 +471,18 @@ def execute(args: argparse.Namespace,
     return finish(job, outcome, args)
 
 
+def audit_section(job: Job, args) -> dict | None:
+    """summary.json's ``audit`` (harness.audit), or None when the run audits nothing."""
+    from harness.audit import audit_summary
+
+    if not job.audited:
+        return {"skipped": job.reference_what} if job.reference_what else None
+    o = job.options
+    return audit_summary(job.work, [e.index for e in job.audited], job.reference_what,
+                         o.audit_min_top1_agreement, o.audit_max_prob_diff,
+                         class_names(job.cfg, args), job.audit_incomplete)
+
+
 def class_names(cfg, args) -> list[str]:
     """Class names for the report: --label-map, the config's harness.label_map, or K400's."""
     from harness.config import LABEL_MAP_K400, harness_options, model_section
@@ -429,15 +498,44 @@ def format_table(summary: dict) -> str:
     def pct(v):
         return "n/a" if v is None else f"{100 * v:.2f}%"
 
+    def with_ci(key: str) -> str:
+        ci = (summary.get("ci95") or {}).get(key)
+        return pct(summary[key]) + (f"  (95% CI {pct(ci[0])} - {pct(ci[1])})" if ci else "")
+
     devices = ", ".join(f"{d['kind']}:{d['id']}@{d['node']} ({d['videos']})" for d in summary["devices"])
-    rows = [("top-1", pct(summary["top1"])), ("top-5", pct(summary["top5"])),
-            ("mean class accuracy", pct(summary["mean_class_accuracy"])),
-            ("videos", f"{summary['videos_ok']} ok / {summary['videos_total']}"),
+    rows = [("top-1", with_ci("top1")), ("top-5", with_ci("top5")),
+            ("mean class accuracy", with_ci("mean_class_accuracy"))]
+    subset = summary.get("subset")
+    if subset:
+        rows.append(("subset", f"{subset['videos']} of {subset['of']} videos, stratified by class,"
+                               f" seed {subset['seed']}: an estimate, not the full list"))
+    rows += [("videos", f"{summary['videos_ok']} ok / {summary['videos_total']}"),
             ("failed", f"{summary['videos_failed']} {summary['failures'] or ''}".strip()),
             ("throughput", f"{summary['throughput_videos_per_s']:.3f} videos/s"
                            f" ({summary['videos_this_run']} in {summary['wall_s']:.1f} s)"),
             ("devices", devices or "-")]
+    rows += audit_rows(summary.get("audit"))
     return "\n".join(f"{k:<20} {v}" for k, v in rows)
+
+
+def audit_rows(audit: dict | None) -> list[tuple[str, str]]:
+    """The terminal table's lines for the precision audit."""
+    if not audit:
+        return []
+    if "skipped" in audit:
+        return [("audit", f"skipped: {audit['skipped']}")]
+    head = f"{audit['videos_audited']} of {audit['videos_requested']} videos vs {audit['reference']}"
+    if audit.get("top1_agreement") is None:
+        return [("audit", head + ": none paired yet")]
+    lo, hi = audit["top1_agreement_ci95"]
+    verdict = "ok" if audit["passed"] else "WARNING: " + "; ".join(audit["warnings"])
+    return [("audit", head),
+            ("  top-1 agreement", f"{100 * audit['top1_agreement']:.2f}% (95% CI {100 * lo:.1f}% -"
+                                  f" {100 * hi:.1f}%); top-5 set {100 * audit['top5_set_agreement']:.1f}%"),
+            ("  |Δprob| max/mean", f"{audit['max_abs_prob_diff']:.3g} / {audit['mean_abs_prob_diff']:.3g};"
+                                   f" max |Δlogit| {audit['max_abs_logit_diff']:.3g};"
+                                   f" cosine min {audit['cosine_similarity_min']:.6f}"),
+            ("  verdict", verdict)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -474,8 +572,14 @@ def main(argv: list[str] | None = None) -> int:
         from harness import demo
         if not demo.check(summary):
             return 1
+    audit = summary.get("audit") or {}
+    for warning in audit.get("warnings") or []:
+        print(f"warning: audit: {warning}", file=sys.stderr)
     if args.strict and summary.get("videos_failed"):
         print(f"error: {summary['videos_failed']} video(s) failed (--strict)", file=sys.stderr)
+        return 1
+    if args.strict and audit.get("passed") is False:
+        print("error: the audit's thresholds do not hold (--strict)", file=sys.stderr)
         return 1
     return 0
 

@@ -2,14 +2,18 @@
 
 Both have one interface, so ``harness.run`` has no Ray / no-Ray branches:
 
-    descriptions = runner.start(spec, plan, decoder, decoders)   # sessions loaded
-    stats = runner.evaluate(entries, record, tick)               # record(VideoResult) per video
+    descriptions = runner.start(spec, plan, decoder, decoders, reference)   # sessions loaded
+    stats = runner.evaluate(entries, record, tick, audit)        # record(VideoResult) per video
     runner.stop()                                                # (Ctrl-C) start nothing new
     reports = runner.bench(loops)                                # on the same live actors
     runner.close()
 
 The local runner is deliberately the simplest possible loop (one video at a time, actors in
 turn, no timeouts): it is the oracle the distributed runs are compared against in the tests.
+
+The precision audit: ``reference`` (a ModelSpec) is loaded on a CPU next to the devices, and
+``audit = (indices, on_reference)`` has those videos scored by it too, from the same decoded
+views; ``on_reference(index, out, error)`` gets its answers (harness.audit.Auditor).
 """
 
 from __future__ import annotations
@@ -36,16 +40,21 @@ class LocalRunner:
     def __init__(self) -> None:
         self.actors: list[InferenceActor] = []
         self.worker: DecodeWorker | None = None
+        self.reference: InferenceActor | None = None
         self.stopping = False
 
-    def start(self, spec: ModelSpec, plan: DevicePlan, decoder, decoders: int | None = None) -> list[dict]:
+    def start(self, spec: ModelSpec, plan: DevicePlan, decoder, decoders: int | None = None,
+              reference: ModelSpec | None = None) -> list[dict]:
         self.actors = [InferenceActor(spec, plan.kind, slot, 1, metrics=False)
                        for slot in range(plan.count)]
         self.worker = DecodeWorker(decoder, metrics=False) if decoder is not None else None
+        if reference is not None:
+            self.reference = InferenceActor(reference, "cpu", 0, 1, metrics=False)
         return [a.describe() for a in self.actors]
 
     def evaluate(self, entries: Iterable, record: Callable[[VideoResult], None],
-                 tick: Callable[[], None] | None = None) -> RunStats:
+                 tick: Callable[[], None] | None = None, audit=None) -> RunStats:
+        indices, on_reference = audit or (frozenset(), None)
         for n, entry in enumerate(entries):
             if self.stopping:
                 break
@@ -53,13 +62,19 @@ class LocalRunner:
             if not status["ok"]:
                 record(VideoResult.failed(entry, status["reason"], status["message"], status["node"]))
                 continue
+            audited = entry.index in indices
             try:
-                out = self.actors[n % len(self.actors)].infer(entry.index, views)
+                out = self.actors[n % len(self.actors)].infer(entry.index, views, audited)
             except Exception as exc:
                 log.exception("inference on %s failed", entry.path)
                 record(VideoResult.failed(entry, INFERENCE_FAILED,
                                           f"{entry.path}: {type(exc).__name__}: {exc}"))
                 continue
+            if audited:
+                try:
+                    on_reference(entry.index, self.reference.infer(entry.index, views, True), None)
+                except Exception as exc:
+                    on_reference(entry.index, None, f"{type(exc).__name__}: {exc}")
             record(VideoResult.scored(entry, out))
             if tick is not None:
                 tick()
@@ -72,7 +87,7 @@ class LocalRunner:
         return [a.bench(loops) for a in self.actors]
 
     def close(self) -> None:
-        for actor in self.actors:
+        for actor in self.actors + ([self.reference] if self.reference else []):
             actor.close()
 
 
@@ -92,17 +107,27 @@ class RayRunner:
         self._decoder = None
         self._max_decoders = 0
         self._clip_bytes: int | None = None
+        self.reference = None
 
-    def start(self, spec: ModelSpec, plan: DevicePlan, decoder, decoders: int | None = None) -> list[dict]:
+    def start(self, spec: ModelSpec, plan: DevicePlan, decoder, decoders: int | None = None,
+              reference: ModelSpec | None = None) -> list[dict]:
         from harness import cluster
 
-        self.started, self.dashboard_url = cluster.connect(self.address, self.resources, plan, decoders)
-        initial, self._max_decoders = cluster.wait_for_devices(plan, decoders, self.options.wait)
+        others = int(reference is not None)      # the audit's reference actor takes a CPU
+        self.started, self.dashboard_url = cluster.connect(self.address, self.resources, plan,
+                                                           decoders, others)
+        initial, self._max_decoders = cluster.wait_for_devices(plan, decoders, self.options.wait,
+                                                               others)
         if decoder is None:
             initial = self._max_decoders = 0
         spec = cluster.put_model_file(spec)
         self.actors, self.decoders, descriptions = cluster.start_actors(
             spec, plan, decoder, initial, startup_s=self.options.startup_timeout)
+        if reference is not None:
+            self.reference, described = cluster.start_reference(
+                cluster.put_model_file(reference), startup_s=self.options.startup_timeout)
+            log.info("audit: the fp32 reference runs on %s (%s)", described["node"],
+                     described["session_device"])
         self._decoder = decoder
         if decoder is not None and decoder.view_shape is not None:
             self._clip_bytes = decoder.views * math.prod(decoder.view_shape)
@@ -112,11 +137,11 @@ class RayRunner:
         return descriptions
 
     def evaluate(self, entries: Iterable, record: Callable[[VideoResult], None],
-                 tick: Callable[[], None] | None = None) -> RunStats:
+                 tick: Callable[[], None] | None = None, audit=None) -> RunStats:
         import ray
 
         from harness import cluster
-        from harness.scheduler import RayCalls, Scheduler
+        from harness.scheduler import Audit, RayCalls, Scheduler
 
         o = self.options
         store = ray.cluster_resources().get("object_store_memory")
@@ -125,8 +150,11 @@ class RayRunner:
             self.decoders, self.actors, max_retries=self.max_retries,
             max_decoders=self._max_decoders, clip_bytes=self._clip_bytes,
             buffer_bytes=int(BUFFER_SHARE * store) if store else None,
-            timeouts=Timeouts(decode=o.decode_timeout, infer=o.infer_timeout, startup=o.startup_timeout),
-            calls=RayCalls(new_decoder=lambda: cluster.start_decoder(self._decoder, next(numbers))))
+            timeouts=Timeouts(decode=o.decode_timeout, infer=o.infer_timeout, startup=o.startup_timeout,
+                              reference=o.audit_timeout),
+            calls=RayCalls(new_decoder=lambda: cluster.start_decoder(self._decoder, next(numbers))),
+            audit=(Audit(self.reference, frozenset(audit[0]), audit[1])
+                   if audit and self.reference is not None else None))
         try:
             return self.scheduler.run(entries, record, tick)
         finally:
@@ -146,5 +174,6 @@ class RayRunner:
     def close(self) -> None:
         from harness import cluster
 
-        cluster.release(self.actors, self.decoders, self.started)
-        self.actors, self.decoders = [], []
+        cluster.release(self.actors + ([self.reference] if self.reference else []), self.decoders,
+                        self.started)
+        self.actors, self.decoders, self.reference = [], [], None

@@ -42,7 +42,12 @@ workers in tests/test_scheduler.py:
 10. **Decoders follow demand.** With ``max_decoders`` above the pool's size, the scheduler adds
     decode workers while the measured decode time x the devices' measured rate says the
     devices would wait for clips.
-11. **Stop.** After :meth:`Scheduler.stop` no new video starts; what is in flight finishes.
+11. **Stop.** After :meth:`Scheduler.stop` no new video starts; what is in flight finishes
+    (the reference's calls of rule 12 are dropped: a resume audits those videos).
+12. **Audit on the side.** With an :class:`Audit`, each audited video's decoded clip (the same
+    reference) also goes to the reference actor once, and its device call returns per-view
+    logits. The reference has its own queue, counts in no buffer or depth, and its failures
+    are reported to the audit, never charged to a video; the run waits for it only at the end.
 
 The Ray calls go through :class:`RayCalls`; tests substitute a deterministic fake on a virtual
 clock.
@@ -84,11 +89,22 @@ class Timeouts:
     """Seconds a task may take before the driver acts (docs/running.md, "Timeouts")."""
 
     decode: float = 300.0            # one video in a decode worker
+    reference: float = 3600.0        # one audited video on the reference actor (a CPU)
     infer: float | None = None       # one video on a device; None: adaptive (infer_budget)
     startup: float = 900.0           # a new or restarted member's first answer (model load)
     infer_first: float = 900.0       # adaptive: before 3 calls have finished (warm-up)
     infer_min: float = 120.0         # adaptive: the floor ...
     infer_factor: float = 20.0       # ... and the multiple of the median call
+
+
+@dataclass(frozen=True)
+class Audit:
+    """Rule 12: the videos ``indices`` are also scored by ``reference`` (a CPU actor in fp32);
+    ``record(index, out, error)`` gets each of its answers, or why there is none."""
+
+    reference: Any
+    indices: frozenset
+    record: Callable[[int, dict | None, str | None], None]
 
 
 @dataclass
@@ -137,7 +153,9 @@ class RayCalls:
         """Start decoding ``entry``: ``(status ref, views ref)``."""
         return worker.decode.options(num_returns=2).remote(entry.index, entry.path, timeout)
 
-    def infer(self, actor, index: int, views_ref) -> Any:
+    def infer(self, actor, index: int, views_ref, with_logits: bool = False) -> Any:
+        if with_logits:
+            return actor.infer.remote(index, views_ref, True)
         return actor.infer.remote(index, views_ref)
 
     def probe(self, handle) -> Any:
@@ -319,6 +337,8 @@ class _RunState:
     decode_s: collections.deque = field(default_factory=lambda: collections.deque(maxlen=50))
     infer_s: collections.deque = field(default_factory=lambda: collections.deque(maxlen=50))
     last_stall_report: float = 0.0
+    audit_sent: set = field(default_factory=set)      # indices sent to the reference (once)
+    said_waiting: bool = False
 
     def work_remains(self, stopping: bool) -> bool:
         return bool(self.ready or (not stopping and (self.retry or not self.exhausted)))
@@ -331,9 +351,12 @@ class Scheduler:
                  max_restarts: int = 3, buffer: int | None = None, buffer_bytes: int | None = None,
                  clip_bytes: int | None = None, max_decoders: int | None = None,
                  timeouts: Timeouts = Timeouts(), metrics: bool = True,
-                 calls: RayCalls | None = None) -> None:
+                 calls: RayCalls | None = None, audit: Audit | None = None) -> None:
         self.decoders = Pool("decode worker", decoders, 1, max_restarts)
         self.actors = Pool("inference actor", actors, depth, max_restarts)
+        self.audit = audit
+        self.reference = (Pool("reference actor", [audit.reference], 1 << 30, max_restarts)
+                          if audit else None)
         self.fixed_buffer = buffer
         self.byte_cap = (max(1, buffer_bytes // clip_bytes) if buffer_bytes and clip_bytes else None)
         self.max_decoders = max(max_decoders or len(decoders), len(decoders))
@@ -366,6 +389,10 @@ class Scheduler:
                 if run.work_remains(self.stopping):
                     raise self._stuck()
                 return run.stats
+            if self.reference is not None:
+                self._reference_only_left(run)
+                if not run.in_flight:
+                    continue
             finished = self.calls.wait(list(run.in_flight), TICK_S)
             if tick is not None:
                 tick()
@@ -419,7 +446,8 @@ class Scheduler:
             if member is None:
                 return
             work, views_ref, maker = run.ready.popleft()
-            ref = self.calls.infer(self.actors.handles[member], work.entry.index, views_ref)
+            audited = self.audit is not None and work.entry.index in self.audit.indices
+            ref = self.calls.infer(self.actors.handles[member], work.entry.index, views_ref, audited)
             self._submit(run, ref, _Ticket(work, self.actors, member, self.actors.incarnation[member],
                                            self.calls.clock(), views_ref, maker))
 
@@ -433,6 +461,9 @@ class Scheduler:
 
     def _finished(self, run: _RunState, ticket: _Ticket, ref) -> None:
         pool, member = ticket.pool, ticket.member
+        if pool is self.reference:
+            self._on_reference(ticket, ref)
+            return
         queue = pool.queue[member]
         running = queue[0] if queue else None        # Ray runs a member's tasks in order
         pool.dequeue(member, ticket)
@@ -469,6 +500,7 @@ class Scheduler:
             self._replace_decoder(run, ticket.member, "it abandoned stuck reads")
         if status["ok"]:
             run.ready.append((ticket.work, ticket.views_ref, (ticket.member, ticket.incarnation)))
+            self._send_to_reference(run, ticket)
             return
         if status["reason"] == TIMEOUT:
             run.stats.decode_timeouts += 1
@@ -548,6 +580,57 @@ class Scheduler:
         run.recorded.add(result.index)
         run.record(result)
 
+    # ------------------------------------------------------------ the audit (rule 12)
+
+    def _send_to_reference(self, run: _RunState, ticket: _Ticket) -> None:
+        index = ticket.work.entry.index
+        if self.audit is None or index not in self.audit.indices or index in run.audit_sent:
+            return
+        run.audit_sent.add(index)
+        ref = self.calls.infer(self.reference.handles[0], index, ticket.views_ref, True)
+        self._submit(run, ref, _Ticket(ticket.work, self.reference, 0, self.reference.incarnation[0],
+                                       self.calls.clock(), ticket.views_ref))
+
+    def _on_reference(self, ticket: _Ticket, ref) -> None:
+        pool = self.reference
+        pool.dequeue(0, ticket)
+        pool.last_done[0] = self.calls.clock()
+        index = ticket.work.entry.index
+        try:
+            out = self.calls.get(ref)
+        except (WorkerLost, ViewsLost, TaskFailed, SessionUnavailable) as exc:
+            self.audit.record(index, None, f"{type(exc).__name__}: {exc}")
+        else:
+            self.audit.record(index, out, None)
+
+    def _drop_reference_calls(self, run: _RunState, why: str) -> None:
+        """Forget the reference's queued calls (a stop, a restart): each audit is told why."""
+        for ref, ticket in list(run.in_flight.items()):
+            if ticket.pool is self.reference:
+                del run.in_flight[ref]
+                self.audit.record(ticket.work.entry.index, None, why)
+        self.reference.forget(0)
+
+    def _reference_only_left(self, run: _RunState) -> None:
+        """Only the reference is still working: say so once (or drop it after a stop)."""
+        pending = len(self.reference.queue[0])
+        if not pending or pending != len(run.in_flight):
+            return
+        if self.stopping:
+            self._drop_reference_calls(run, "the run was stopped")
+        elif not run.said_waiting:
+            run.said_waiting = True
+            log.warning("every video is recorded; waiting for the fp32 reference on %d audited"
+                        " video(s)", pending)
+
+    def _reference_timed_out(self, ticket: _Ticket, waited: float, run: _RunState) -> None:
+        pool = self.reference
+        self.audit.record(ticket.work.entry.index, None, f"no answer from the reference after {waited:.0f} s")
+        pool.lost(0, ticket.incarnation)
+        self._drop_reference_calls(run, "the reference actor was restarted")
+        if pool.state[0] != "dead":
+            self.calls.restart(pool.handles[0])
+
     # ------------------------------------------------------------ time
 
     def infer_budget(self, run: _RunState) -> float:
@@ -563,9 +646,14 @@ class Scheduler:
     def _budget(self, run: _RunState, ticket: _Ticket) -> float:
         if ticket.work is None:
             return self.timeouts.startup
+        if ticket.pool is self.reference:
+            return self.timeouts.reference
         if ticket.pool is self.decoders:
             return self.timeouts.decode + DECODE_GRACE_S
         return self.infer_budget(run)
+
+    def _pools(self) -> list[Pool]:
+        return [self.decoders, self.actors] + ([self.reference] if self.reference else [])
 
     def _running(self, pool: Pool) -> Iterator[tuple[int, _Ticket, float]]:
         """(member, the task it is running, since when) for every busy member."""
@@ -577,7 +665,7 @@ class Scheduler:
     def _expire(self, run: _RunState) -> None:
         """Rule 7: act on every task past its budget."""
         now = self.calls.clock()
-        for pool in (self.decoders, self.actors):
+        for pool in self._pools():
             for member, ticket, since in list(self._running(pool)):
                 if now - since < self._budget(run, ticket) - 1e-6:   # (float slack)
                     continue
@@ -586,7 +674,9 @@ class Scheduler:
                     if t is ticket:
                         del run.in_flight[ref]
                 pool.dequeue(member, ticket)
-                if ticket.work is None:
+                if pool is self.reference:
+                    self._reference_timed_out(ticket, waited, run)
+                elif ticket.work is None:
                     self._set_aside(run, ticket, f"did not answer within {waited:.0f} s of (re)starting")
                 elif pool is self.decoders:
                     self._decode_timed_out(run, ticket, waited)

@@ -63,6 +63,7 @@ class VideoResult:
     scores: np.ndarray | None = None  # averaged per-class scores, float32 [C]
     device: str | None = None
     node: str | None = None
+    logits: np.ndarray | None = None  # per-view logits [V, C], for audited videos only (not written)
 
     @classmethod
     def failed(cls, entry, reason: str, message: str | None = None,
@@ -75,7 +76,8 @@ class VideoResult:
     def scored(cls, entry, out: dict) -> "VideoResult":
         """``entry`` with the scores an inference actor returned (:meth:`InferenceActor.infer`)."""
         return cls(entry.index, entry.path, entry.label, "ok", None, None,
-                   np.asarray(out["scores"], np.float32), out["device"], out["node"])
+                   np.asarray(out["scores"], np.float32), out["device"], out["node"],
+                   out.get("logits"))
 
     @property
     def top5(self) -> list[int] | None:
@@ -330,16 +332,21 @@ class InferenceActor:
                    for i in range(calls)]
         return np.concatenate(outputs)[:total]
 
-    def infer(self, index: int, views: np.ndarray) -> dict:
-        """Averaged scores of one video (the reference's test_cfg.average_clips)."""
+    def infer(self, index: int, views: np.ndarray, with_logits: bool = False) -> dict:
+        """Averaged scores of one video (the reference's test_cfg.average_clips); with
+        ``with_logits`` also its per-view logits (the precision audit compares them)."""
         start = time.perf_counter()
-        scores = average_views(self.logits(views), views.shape[0], self.spec.average_clips)[0]
+        logits = self.logits(views)
+        scores = average_views(logits, views.shape[0], self.spec.average_clips)[0]
         seconds = time.perf_counter() - start
         self.metrics.observe("harness_inference_seconds", "seconds of inference per video",
                              self.device, seconds)
         self.metrics.done(self.device)
-        return {"index": index, "scores": scores, "device": self.device, "node": self.node,
-                "seconds": seconds}
+        out = {"index": index, "scores": scores, "device": self.device, "node": self.node,
+               "seconds": seconds}
+        if with_logits:
+            out["logits"] = np.asarray(logits, np.float32)
+        return out
 
     def bench(self, loops: int, warmup: int = 1) -> dict:
         """``loops`` timed calls on a synthetic input of the session's shape (ais_bench --loop)."""

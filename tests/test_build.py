@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -351,6 +352,210 @@ def test_atc_double_checks_the_input_shape(tmp_path, tiny_vpc3):
 def test_require_om_without_atc_is_an_error(tmp_path, no_atc):
     with pytest.raises(BuildError, match="--require-om"):
         hb.build_artifact(TINY, build_dir=tmp_path, require_om=True)
+
+
+# ---------------------------------------------------------------- ATC precision options
+
+@pytest.fixture
+def quick_om(monkeypatch, fake_atc, tiny_vpc3):
+    """``build(build_dir, **options)``: a real build through the ATC double, made fast by taking the
+    shared ONNX (3 views per call) as the export and skipping the reference and verification,
+    which other tests cover. Manifest, hash, ATC argv and placement are the real code."""
+    monkeypatch.setattr(hb, "_torch_reference", lambda wrapped, x: None)
+    monkeypatch.setattr(hb, "_export", lambda wrapped, plan, path: shutil.copyfile(tiny_vpc3.onnx_path, path))
+    monkeypatch.setattr(hb, "_simplify", lambda path, opset: [])
+    monkeypatch.setattr(hb, "_verify", lambda path, reference, x: 0.0)
+
+    def build(build_dir, **options):
+        return hb.build_artifact(TINY, build_dir=build_dir, views_per_call=3, **options)
+
+    return build
+
+
+@pytest.fixture
+def precision_files(tmp_path):
+    """A keep_dtype list, a modify_mixlist .json and an op_precision_mode .ini."""
+    files = {"keep_dtype": tmp_path / "keep_dtype.cfg", "modify_mixlist": tmp_path / "mixlist.json",
+             "op_precision_mode": tmp_path / "op_precision.ini"}
+    files["keep_dtype"].write_text("Softmax\nOpType::LayerNorm\n")
+    files["modify_mixlist"].write_text(json.dumps({"black-list": {"to-add": ["SoftmaxV2"]}}))
+    files["op_precision_mode"].write_text("[ByOpType]\nSoftmaxV2=high_precision\n")
+    return files
+
+
+def _atc_argv_of(art) -> list[str]:
+    return json.loads((art.directory / "model.atc-argv.json").read_text())[1:]
+
+
+def _precision_argv(art) -> list[str]:
+    names = tuple(f"--{name}=" for name in hb._ATC_PRECISION)
+    return [a for a in _atc_argv_of(art) if a.startswith(names)]
+
+
+def _om_header(art) -> dict:
+    return json.loads(art.om_path.read_bytes().split(b"\n", 2)[1])
+
+
+def test_precision_options_reach_atc_and_the_manifest(tmp_path, quick_om, precision_files):
+    files = {name: str(path) for name, path in precision_files.items()}
+    art = quick_om(tmp_path / "b", precision_mode_v2="mixed_float16", op_select_implmode="high_precision",
+                   **files)
+    argv = _atc_argv_of(art)
+    assert argv[argv.index("--precision_mode_v2=mixed_float16"):] == [
+        "--precision_mode_v2=mixed_float16", f"--op_precision_mode={precision_files['op_precision_mode']}",
+        "--op_select_implmode=high_precision", f"--keep_dtype={precision_files['keep_dtype']}",
+        f"--modify_mixlist={precision_files['modify_mixlist']}", "--log=error"]
+    assert not any(a.startswith("--precision_mode=") for a in argv)
+    header = _om_header(art)                      # the double recorded what it was given
+    assert header["precision_mode_v2"] == "mixed_float16" and header["precision_mode"] is None
+    assert header["op_select_implmode"] == "high_precision"
+    assert header["keep_dtype"] == files["keep_dtype"] and header["modify_mixlist"] == files["modify_mixlist"]
+
+    options = art.manifest["build_options"]
+    assert options["precision_mode_v2"] == "mixed_float16" and options["precision_mode"] is None
+    assert options["op_select_implmode"] == "high_precision"
+    for name, path in precision_files.items():    # files by name and content, not by path
+        assert options[name] == {"file": path.name, "sha256": hb.sha256_file(path)}
+    precision = art.manifest["precision"]
+    assert precision["mode"] == "precision_mode_v2=mixed_float16" and precision["atc_default"] is False
+    assert "mixed float16/float32" in precision["words"] and "keep_dtype.cfg" in precision["words"]
+
+    # the older option takes the same path, with a mixed mode the mixlist needs
+    art = quick_om(tmp_path / "b", precision_mode="allow_mix_precision",
+                   modify_mixlist=files["modify_mixlist"])
+    assert _precision_argv(art) == [
+        "--precision_mode=allow_mix_precision", f"--modify_mixlist={files['modify_mixlist']}"]
+    assert art.manifest["precision"]["mode"] == "precision_mode=allow_mix_precision"
+
+
+def test_the_manifest_states_the_default_precision(tmp_path, quick_om, tiny_vpc3):
+    art = quick_om(tmp_path / "b")
+    assert _precision_argv(art) == [] and _atc_argv_of(art)[-1] == "--log=error"
+    precision = art.manifest["precision"]
+    assert precision["mode"] == "precision_mode=force_fp16" and precision["atc_default"] is True
+    assert "default" in precision["words"] and "float16" in precision["words"]
+    # an ONNX-only artifact says it computes in float32 and that no ATC option applied
+    onnx_only = tiny_vpc3.manifest["precision"]
+    assert onnx_only["mode"] is None and onnx_only["words"].startswith("float32")
+
+
+def test_each_precision_option_is_part_of_the_om_hash(tmp_path, fake_atc, fake_builder, precision_files):
+    def directory(**options):
+        return hb.build_artifact(TINY, build_dir=tmp_path / "b", **options).directory
+
+    base = directory()
+    mix = str(precision_files["modify_mixlist"])
+    variants = [{"precision_mode": "force_fp32"}, {"precision_mode_v2": "fp16"},
+                {"precision_mode_v2": "mixed_float16"},
+                {"precision_mode_v2": "mixed_float16", "modify_mixlist": mix},
+                {"op_select_implmode": "high_precision"},
+                {"keep_dtype": str(precision_files["keep_dtype"])},
+                {"op_precision_mode": str(precision_files["op_precision_mode"])}]
+    dirs = [directory(**options) for options in variants]
+    assert len({base, *dirs}) == len(variants) + 1
+
+    # a file option counts by content: the same bytes elsewhere reuse, new bytes at the same path do not
+    for name, path in precision_files.items():
+        extra = {"precision_mode_v2": "mixed_float16"} if name == "modify_mixlist" else {}
+        first = directory(**{name: str(path)}, **extra)
+        moved = tmp_path / "elsewhere" / f"renamed-{path.name}"
+        moved.parent.mkdir(exist_ok=True)
+        shutil.copyfile(path, moved)
+        assert directory(**{name: str(moved)}, **extra) == first
+        path.write_text(path.read_text().replace("Softmax", "Gelu"))
+        assert directory(**{name: str(path)}, **extra) != first
+    built = len(fake_builder)
+    assert hb.build_artifact(TINY, build_dir=tmp_path / "b", precision_mode="force_fp32").reused
+    assert len(fake_builder) == built
+
+
+def test_precision_options_are_not_part_of_an_onnx_only_hash(tmp_path, no_atc, fake_builder,
+                                                              precision_files):
+    plain = hb.build_artifact(TINY, build_dir=tmp_path)
+    given = hb.build_artifact(TINY, build_dir=tmp_path, precision_mode_v2="mixed_float16",
+                              op_select_implmode="high_precision",
+                              **{name: str(path) for name, path in precision_files.items()})
+    assert given.reused and given.directory == plain.directory and len(fake_builder) == 1
+    # ...but a wrong one is still an error, with or without ATC
+    with pytest.raises(ConfigError, match="precision_mode_v2"):
+        hb.build_artifact(TINY, build_dir=tmp_path, precision_mode_v2="fp32")
+
+
+@pytest.mark.parametrize("options,words", [
+    ({"precision_mode": "force_fp16", "precision_mode_v2": "fp16"},
+     ["'harness.build.precision_mode'", "'harness.build.precision_mode_v2'", "cannot be combined"]),
+    ({"precision_mode": "fp16"},
+     ["'fp16'", "force_fp32, cube_fp16in_fp32out, force_fp16", "allow_fp32_to_bf16", "precision_mode_v2"]),
+    ({"precision_mode_v2": "float16"},
+     ["'float16'", "fp16, origin, cube_fp16in_fp32out, mixed_float16, mixed_bfloat16"]),
+    ({"op_select_implmode": "fast"}, ["'fast'", "high_precision, high_performance"]),
+    ({"modify_mixlist": "MIX"}, ["mixed-precision lists", "allow_mix_precision", "mixed_float16",
+                                 "default force_fp16"]),
+    ({"modify_mixlist": "MIX", "precision_mode_v2": "fp16"}, ["precision_mode_v2 is 'fp16'"]),
+    ({"keep_dtype": "KEEP", "precision_mode": "must_keep_origin_dtype"}, ["keep_dtype", "no effect"]),
+    ({"keep_dtype": "/no/such/keep.cfg"}, ["keep_dtype", "/no/such/keep.cfg", "not a file"]),
+    ({"modify_mixlist": "BAD", "precision_mode": "allow_mix_precision"}, ["modify_mixlist", "not valid JSON"]),
+])
+def test_wrong_precision_options_are_clear_errors(tmp_path, no_atc, fake_builder, precision_files,
+                                                  options, words):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{black-list: }")
+    paths = {"MIX": str(precision_files["modify_mixlist"]), "KEEP": str(precision_files["keep_dtype"]),
+             "BAD": str(bad)}
+    options = {k: paths.get(v, v) for k, v in options.items()}
+    with pytest.raises(ConfigError) as info:
+        hb.build_artifact(TINY, build_dir=tmp_path / "b", **options)
+    for word in words:
+        assert word in str(info.value)
+    assert fake_builder == []
+
+
+def test_precision_flags_on_the_command_line(tmp_path, no_atc, fake_builder, precision_files, capsys):
+    from harness import cli
+
+    flags = ["--precision-mode-v2", "mixed_float16", "--op-select-implmode", "high_precision",
+             "--keep-dtype", str(precision_files["keep_dtype"]),
+             "--modify-mixlist", str(precision_files["modify_mixlist"])]
+    args = hb._parser().parse_args(["--config", str(TINY), *flags])
+    assert cli.build_overrides(args) == {
+        "precision_mode_v2": "mixed_float16", "op_select_implmode": "high_precision",
+        "keep_dtype": str(precision_files["keep_dtype"]),
+        "modify_mixlist": str(precision_files["modify_mixlist"])}
+    code = hb.main(["--config", str(TINY), "--build-dir", str(tmp_path), "--precision-mode",
+                    "force_fp16", "--precision-mode-v2", "fp16"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and "cannot be combined" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_atc_double_checks_the_precision_options(tmp_path, tiny_vpc3, precision_files):
+    base = [str(DOUBLES / "atc"), "--framework=5", f"--model={tiny_vpc3.onnx_path}",
+            f"--output={tmp_path / 'x'}", "--soc_version=Ascend310P3", "--input_shape=video:1,3,3,8,64,64"]
+    env = {"PATH": str(Path(sys.executable).parent)}
+    bad = tmp_path / "bad.json"
+    bad.write_text("not json")
+    refused = {
+        "--precision_mode=force_fp16 --precision_mode_v2=fp16": "cannot be used together",
+        "--precision_mode_v2=fp32": "not a precision mode",
+        "--op_select_implmode=fast": "not an implementation mode",
+        f"--keep_dtype={tmp_path / 'missing.cfg'}": "does not exist",
+        f"--modify_mixlist={tmp_path / 'missing.json'}": "does not exist",
+        f"--modify_mixlist={bad}": "not valid JSON",
+        "--precision_modes=force_fp16": "unknown option",
+    }
+    for args, message in refused.items():
+        res = subprocess.run(base + args.split(), env=env, capture_output=True, text=True)
+        assert res.returncode == 1 and message in res.stderr, (args, res.stderr)
+        assert not (tmp_path / "x.om").exists()
+    good = subprocess.run(base + ["--precision_mode_v2=mixed_bfloat16", "--op_select_implmode=high_performance",
+                                  f"--keep_dtype={precision_files['keep_dtype']}",
+                                  f"--modify_mixlist={precision_files['modify_mixlist']}"],
+                          env=env, capture_output=True, text=True)
+    assert good.returncode == 0, good.stderr
+    header = json.loads((tmp_path / "x.om").read_bytes().split(b"\n", 2)[1])
+    assert header["precision_mode_v2"] == "mixed_bfloat16" and header["op_select_implmode"] == "high_performance"
+    assert header["keep_dtype"] == str(precision_files["keep_dtype"])
+    assert header["modify_mixlist"] == str(precision_files["modify_mixlist"])
 
 
 # ---------------------------------------------------------------- command line

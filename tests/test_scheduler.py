@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from harness.errors import HarnessError
-from harness.scheduler import (DECODE_GRACE_S, TICK_S, Entry, Scheduler, TaskFailed, Timeouts,
-                               ViewsLost, WorkerLost)
+from harness.scheduler import (DECODE_GRACE_S, TICK_S, Audit, Entry, Scheduler, TaskFailed,
+                               Timeouts, ViewsLost, WorkerLost)
 from harness.stages import SessionUnavailable
 
 CLASSES = 4
@@ -99,6 +99,7 @@ class FakeCalls:
         self.killed: list[str] = []
         self.spare = list(new_decoders)         # what new_decoder()/replace() hand out
         self.kill_takes = 0.0                   # until a killed actor's queued calls report it
+        self.sent: list[tuple] = []             # (actor, index, views ref, with_logits) per infer
 
     def clock(self) -> float:
         return self.now
@@ -129,15 +130,18 @@ class FakeCalls:
         status.views = views
         return status, views
 
-    def infer(self, actor: FakeWorker, index: int, views_ref: Ref):
+    def infer(self, actor: FakeWorker, index: int, views_ref: Ref, with_logits: bool = False):
         assert views_ref in self.views_alive, "an actor got a clip that was never decoded"
+        self.sent.append((actor.name, index, views_ref, with_logits))
         problem = actor.outcome(index)
         if problem is None and not actor.session_ok():
             problem = SessionUnavailable(f"{actor.name}: cannot open the model session")
         scores = np.eye(CLASSES, dtype=np.float32)[index % CLASSES]   # the index, recognizable
-        ref = self._start(actor, problem or {"index": index, "scores": scores, "device": actor.name,
-                                             "node": "n", "seconds": actor.latency},
-                          actor.seconds(index))
+        out = {"index": index, "scores": scores, "device": actor.name, "node": "n",
+               "seconds": actor.latency}
+        if with_logits:
+            out["logits"] = np.tile(scores, (2, 1))
+        ref = self._start(actor, problem or out, actor.seconds(index))
         ref.views = views_ref
         return ref
 
@@ -532,3 +536,80 @@ def test_a_hung_call_is_caught_while_other_devices_keep_finishing():
     one_each(got, 200)
     assert restarted_at and restarted_at[0] <= 20.0 + 2 * TICK_S + 1
     assert sum(r[0].device == "a0" for r in got.values()) > 50      # a0 served again after it
+
+
+# ---------------------------------------------------------------- rule 12: the audit on the side
+
+def audited_run(reference: FakeWorker, n: int = 12, indices=(2, 7), stop_after=None,
+                dies_at=None, **kw):
+    """A run of ``n`` videos on two 1 s devices with ``indices`` audited by ``reference``."""
+    answers: dict = {}
+    audit = Audit(reference, frozenset(indices),
+                  lambda i, out, err: answers.setdefault(i, []).append((out, err)))
+    scheduler, calls = make([FakeWorker("d0", 0.2), FakeWorker("d1", 0.2)],
+                            [FakeWorker("a0", 1.0, dies_at=dies_at), FakeWorker("a1", 1.0)],
+                            audit=audit, **kw)
+    got: dict = {}
+    recorded_at: dict = {}
+
+    def record(result):
+        got.setdefault(result.index, []).append(result)
+        recorded_at[result.index] = calls.now
+        if stop_after is not None and len(got) == stop_after:
+            scheduler.stop()
+
+    scheduler.run(entries(n), record)
+    return got, answers, calls, recorded_at
+
+
+def test_audited_videos_go_to_the_reference_once_with_the_same_clip():
+    got, answers, calls, _ = audited_run(FakeWorker("ref", latency=3.0))
+    one_each(got, 12)
+    assert sorted(answers) == [2, 7] and all(len(a) == 1 and a[0][1] is None for a in answers.values())
+    by_index = {}
+    for actor, index, views, logits in calls.sent:
+        by_index.setdefault(index, []).append((actor, views, logits))
+    for index in (2, 7):
+        (device, dev_views, dev_logits), = [c for c in by_index[index] if c[0] != "ref"]
+        (ref_views, ref_logits), = [(v, lg) for a, v, lg in by_index[index] if a == "ref"]
+        assert ref_views is dev_views and dev_logits and ref_logits     # one decode, logits both
+        assert got[index][0].logits is not None
+    assert not any(logits for _, index, _, logits in calls.sent if index not in (2, 7))
+
+
+def test_a_video_decoded_again_after_a_death_is_audited_once():
+    got, answers, calls, _ = audited_run(FakeWorker("ref", latency=3.0), dies_at={2: 1})
+    one_each(got, 12)
+    assert got[2][0].status == "ok" and len(answers[2]) == 1
+    assert sum(actor == "ref" for actor, *_ in calls.sent) == 2
+
+
+def test_a_slow_reference_never_delays_the_devices_and_the_run_waits_for_it(caplog):
+    _, _, plain_calls, plain_at = audited_run(FakeWorker("ref", latency=0.01), indices=())
+    with caplog.at_level(logging.WARNING, logger="harness.scheduler"):
+        got, answers, calls, at = audited_run(FakeWorker("ref", latency=100.0))
+    assert max(at.values()) == max(plain_at.values())        # the devices finished as soon
+    assert sorted(answers) == [2, 7] and calls.now >= 200.0  # and the run waited for both
+    assert "waiting for the fp32 reference on" in caplog.text
+
+
+def test_a_failing_reference_is_reported_to_the_audit_and_costs_the_video_nothing():
+    got, answers, _, _ = audited_run(FakeWorker("ref", latency=1.0, raises={7}))
+    one_each(got, 12)
+    assert all(got[i][0].status == "ok" for i in range(12))
+    assert answers[2][0][1] is None and "bad input 7" in answers[7][0][1]
+
+
+def test_a_hung_reference_times_out_into_the_audit():
+    reference = FakeWorker("ref", latency=1.0, slow={2: HANG})
+    got, answers, calls, _ = audited_run(reference, timeouts=Timeouts(reference=50.0))
+    one_each(got, 12)
+    assert answers[2][0][0] is None and "no answer from the reference" in answers[2][0][1]
+    assert "ref" in calls.killed
+
+
+def test_after_stop_the_reference_is_not_waited_for():
+    got, answers, calls, _ = audited_run(FakeWorker("ref", latency=500.0), stop_after=9)
+    assert answers and all(out is None and err == "the run was stopped"
+                           for a in answers.values() for out, err in a)
+    assert calls.now < 500.0

@@ -8,13 +8,22 @@ video's failure record when it is decoded.
 CLI: ``python -m harness.data.filelist ROOT --out LIST [--label-map FILE]`` writes a list
 for a class-folder tree ``ROOT/<class>/<video>`` (replaces the reference repository's
 generate_videos_filelist.sh). Folder names may use underscores for spaces.
+
+``python -m harness.data.filelist --kinetics-csv validate.csv ROOT --out LIST`` writes the
+list for the official Kinetics-400 annotations (``label,youtube_id,time_start,time_end,split``
+with or without ``is_cc``): files ``{youtube_id}_{time_start:06d}_{time_end:06d}.<ext>``
+in one folder per class or all in ROOT (detected), labels by the label map's order, CSV
+order kept. Entries without a file are left out of the list, counted, the first few named,
+and written to ``LIST.missing.txt`` (the CSV's header, then each absent entry's line).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import logging
 import os
+import re
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
@@ -27,6 +36,8 @@ log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi")
 _DUPLICATES_SHOWN = 3   # duplicate entries named in the one warning about them
+_MISSING_SHOWN = 5      # absent Kinetics entries named in the message about them
+KINETICS_COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split")
 
 
 class ListError(HarnessError):
@@ -139,26 +150,184 @@ def build_list(root: str | Path, label_map: list[str]) -> list[tuple[str, int]]:
     return sorted(rows)
 
 
+def _folder_variants(label: str) -> list[str]:
+    """Class folder names the Kinetics download tools write for ``label``: the label as is
+    (ActivityNet crawler, the CVDF archives), spaces as underscores (mmaction2's
+    rename_classnames.sh), and also parentheses as dashes (its older kinetics400 script);
+    each also without quotes."""
+    under = label.replace(" ", "_")
+    names = [label, under, under.replace("(", "-").replace(")", "-")]
+    names += [n.replace('"', "").replace("'", "") for n in names]
+    return list(dict.fromkeys(names))
+
+
+@dataclass
+class KineticsList:
+    rows: list[tuple[str, int]]       # (path relative to root, label), CSV order
+    missing: list[str]                # CSV lines of entries without a file
+    header: str                       # the CSV's header line
+    layout: str                       # 'class folders' or 'flat'
+    total: int
+
+
+def _video_names(folder: Path) -> dict[str, str]:
+    """``stem -> file name`` for the videos in ``folder`` (first of VIDEO_EXTENSIONS wins)."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return {}
+    found: dict[str, str] = {}
+    rank = {ext: i for i, ext in enumerate(VIDEO_EXTENSIONS)}
+    for name in sorted(names, key=lambda n: (rank.get(os.path.splitext(n)[1].lower(), 99), n)):
+        stem, ext = os.path.splitext(name)
+        if ext.lower() in rank and not name.startswith(".") and stem not in found:
+            found[stem] = name
+    return found
+
+
+def kinetics_list(csv_file: str | Path, root: str | Path, label_map: list[str]) -> KineticsList:
+    """The list for an official Kinetics annotation CSV and the videos under ``root``."""
+    csv_file, root = Path(csv_file), Path(root)
+    try:
+        lines = csv_file.read_text(encoding="utf-8-sig").splitlines()
+    except FileNotFoundError:
+        raise ListError(f"Kinetics CSV not found: {csv_file}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ListError(f"cannot read Kinetics CSV {csv_file}: {exc}") from exc
+    if not root.is_dir():
+        raise ListError(f"video folder not found: {root}")
+    if not lines:
+        raise ListError(f"{csv_file}: empty (expected a header {','.join(KINETICS_COLUMNS)})")
+    header = [h.strip() for h in next(csv.reader([lines[0]]))]
+    lacking = [c for c in KINETICS_COLUMNS if c not in header]
+    if lacking:
+        raise ListError(f"{csv_file}:1: header {lines[0]!r} lacks {', '.join(lacking)} (expected"
+                        f" {','.join(KINETICS_COLUMNS)}[,is_cc]; the test split has no labels)")
+    col = {name: header.index(name) for name in KINETICS_COLUMNS}
+    exact = {name: i for i, name in enumerate(label_map)}
+    loose = {_class_key(name): i for i, name in enumerate(label_map)}
+    entries = []   # (lineno, raw line, label text, label index, file stem)
+    for lineno, raw in enumerate(lines[1:], start=2):
+        if not raw.strip():
+            continue
+        where = f"{csv_file}:{lineno}"
+        fields = next(csv.reader([raw]))
+        if len(fields) != len(header):
+            raise ListError(f"{where}: {len(fields)} fields, the header has {len(header)}: {raw!r}")
+        text = fields[col["label"]].strip()
+        label = exact.get(text, loose.get(_class_key(text)))
+        if label is None:
+            raise ListError(f"{where}: label {text!r} is not in the label map (check the CSV or"
+                            " pass --label-map)")
+        times = []
+        for key in ("time_start", "time_end"):
+            value = fields[col[key]].strip()
+            whole = re.fullmatch(r"(\d+)(\.0*)?", value)   # 417, or 417.0 from a spreadsheet
+            if whole is None:
+                raise ListError(f"{where}: {key} {value!r} is not a whole number of seconds")
+            times.append(int(whole.group(1)))
+        stem = f"{fields[col['youtube_id']].strip()}_{times[0]:06d}_{times[1]:06d}"
+        entries.append((lineno, raw, text, label, stem))
+
+    # Layout: class folders if any folder under root is named after a class of the CSV.
+    folders = {p.name for p in root.iterdir() if p.is_dir()}
+    per_label: dict[str, list[str]] = {}
+    for _, _, text, _, _ in entries:
+        if text not in per_label:
+            per_label[text] = [v for v in _folder_variants(text) if v in folders]
+    layout = "class folders" if any(per_label.values()) else "flat"
+    listings: dict[str, dict[str, str]] = {}
+
+    def listing(folder: str) -> dict[str, str]:
+        if folder not in listings:
+            listings[folder] = _video_names(root / folder if folder else root)
+        return listings[folder]
+
+    rows: list[tuple[str, int]] = []
+    missing: list[str] = []
+    for _, raw, text, label, stem in entries:
+        where = per_label[text] if layout == "class folders" else [""]
+        hit = next(((f, listing(f)[stem]) for f in where if stem in listing(f)), None)
+        if hit is None:
+            missing.append(raw)
+        else:
+            rows.append((f"{hit[0]}/{hit[1]}" if hit[0] else hit[1], label))
+    if entries and not rows:
+        raise ListError(f"{root}: none of the {len(entries)} entries of {csv_file} has a video"
+                        f" ({layout} layout; e.g. {entries[0][4]}.mp4); is this the right folder?")
+    return KineticsList(rows, missing, lines[0], layout, len(entries))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.data.filelist",
-                                     description="Write an mmaction video list for a class-folder tree.")
-    parser.add_argument("root", help="folder holding one sub-folder per class")
+                                     description="Write an mmaction video list for a class-folder tree"
+                                     " or an official Kinetics annotation CSV.")
+    parser.add_argument("root", help="folder holding one sub-folder per class (with --kinetics-csv:"
+                        " the videos, in class folders or all in this folder)")
     parser.add_argument("--out", required=True, help="list file to write")
+    parser.add_argument("--kinetics-csv", metavar="CSV", default=None,
+                        help="official Kinetics annotations (label,youtube_id,time_start,time_end,"
+                        "split[,is_cc]): list these entries; absent files go to OUT.missing.txt")
     parser.add_argument("--label-map", default=str(LABEL_MAP_K400),
                         help="class names in label order (default: configs/label_map_k400.txt)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        rows = build_list(args.root, load_label_map(args.label_map))
+        label_map = load_label_map(args.label_map)
+        if args.kinetics_csv is None:
+            rows, kinetics = build_list(args.root, label_map), None
+        else:
+            kinetics = kinetics_list(args.kinetics_csv, args.root, label_map)
+            rows = kinetics.rows
     except ListError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(f"{rel} {label}\n" for rel, label in rows), encoding="utf-8")
-    print(f"{out}: {len(rows)} videos")
+    if kinetics is None:
+        print(f"{out}: {len(rows)} videos")
+        return 0
+    side = out.with_name(out.name + ".missing.txt")
+    print(f"{out}: {len(rows)} of {kinetics.total} entries ({kinetics.layout})")
+    if kinetics.missing:
+        side.write_text("".join(line + "\n" for line in [kinetics.header, *kinetics.missing]),
+                        encoding="utf-8")
+        shown = "; ".join(kinetics.missing[:_MISSING_SHOWN])
+        more = len(kinetics.missing) - _MISSING_SHOWN
+        print(f"{len(kinetics.missing)} entries have no video file under {args.root} and are not"
+              f" in the list: {shown}" + (f"; and {more} more" if more > 0 else "")
+              + f" (all in {side})", file=sys.stderr)
+    elif side.exists():
+        side.unlink()   # from an earlier run: nothing is missing now
     return 0
 
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def stratified_subset(entries: list, n: int, seed: int = 0) -> list:
+    """A deterministic sample of ``n`` entries, stratified by label (``--subset``): classes
+    take turns giving one entry each (a class with none left drops out), so per-class counts
+    differ by at most one where the list allows; which entries of a class, and which classes
+    get one more in the last round, come from ``seed``. Returned in list order."""
+    import random
+
+    rng = random.Random(seed)
+    by_label: dict[int, list] = {}
+    for entry in entries:
+        by_label.setdefault(int(entry.label), []).append(entry)
+    pools = []
+    for label in sorted(by_label):
+        members = list(by_label[label])
+        rng.shuffle(members)
+        pools.append(members)
+    chosen: list = []
+    while len(chosen) < n and pools:
+        order = list(range(len(pools)))
+        rng.shuffle(order)                      # who gets the last, partial round
+        for k in order[: n - len(chosen)]:
+            chosen.append(pools[k].pop())
+        pools = [p for p in pools if p]
+    return sorted(chosen, key=lambda e: e.index)

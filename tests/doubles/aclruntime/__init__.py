@@ -13,6 +13,11 @@ session there), so tests can check each actor used its own chip.
 Fault injection for the chaos tests: with ``FAKE_ACL_HANG_ONCE=<file>``, the first ``run`` in
 any process that finds no ``<file>`` creates it and never returns (a chip call that hangs, once
 per cluster); ``FAKE_ACL_DELAY_S=<seconds>`` makes every ``run`` take that long (a slower chip).
+
+Perturbations for the precision audit's tests: ``FAKE_ACL_PERTURB`` names a JSON file, read when
+a session opens (absent or ``{}``: none), with ``"fp16": true`` (an fp16 chip: the weights,
+float inputs and outputs go through float16) and/or ``"bias": [class, amount]`` (that class's
+logit raised by amount: a model that is not the one the user thinks).
 """
 
 from __future__ import annotations
@@ -87,6 +92,27 @@ def _read_fake_om(path: str) -> bytes:
     return data
 
 
+def _perturbation() -> dict:
+    path = os.environ.get("FAKE_ACL_PERTURB")
+    if not path or not os.path.isfile(path):
+        return {}
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def _weights_through_fp16(onnx_bytes: bytes) -> bytes:
+    """The model with every float32 weight rounded to float16 (and stored back as float32)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load_from_string(onnx_bytes)
+    for init in model.graph.initializer:
+        if init.data_type == onnx.TensorProto.FLOAT:
+            rounded = numpy_helper.to_array(init).astype(np.float16).astype(np.float32)
+            init.CopyFrom(numpy_helper.from_array(rounded, init.name))
+    return model.SerializeToString()
+
+
 def _hang_once() -> None:
     marker = os.environ.get("FAKE_ACL_HANG_ONCE")
     if not marker:
@@ -114,7 +140,11 @@ class InferenceSession:
         so = ort.SessionOptions()
         so.intra_op_num_threads = 1
         so.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(_read_fake_om(model_path), sess_options=so,
+        self._perturb = _perturbation()
+        onnx_bytes = _read_fake_om(model_path)
+        if self._perturb.get("fp16"):
+            onnx_bytes = _weights_through_fp16(onnx_bytes)
+        self._session = ort.InferenceSession(onnx_bytes, sess_options=so,
                                              providers=["CPUExecutionProvider"])
         self.device_id = int(device_id)
         self._times: list[tuple[float, float]] = []
@@ -149,6 +179,8 @@ class InferenceSession:
                 raise RuntimeError(f"input tensor is on device {tensor.device_id}, the session on"
                                    f" {self.device_id}: call Tensor.to_device(device_id) first")
             feeds[desc.name] = tensor._array
+            if self._perturb.get("fp16") and tensor._array.dtype == np.float32:
+                feeds[desc.name] = tensor._array.astype(np.float16).astype(np.float32)
         _hang_once()
         time.sleep(float(os.environ.get("FAKE_ACL_DELAY_S", "0")))
         start = time.perf_counter() * 1000.0
@@ -156,6 +188,12 @@ class InferenceSession:
         self._times.append((start, time.perf_counter() * 1000.0))
         result = []
         for array in outputs:
+            if self._perturb.get("fp16"):
+                array = array.astype(np.float16).astype(np.float32)
+            if self._perturb.get("bias"):
+                label, amount = self._perturb["bias"]
+                array = array.copy()
+                array[..., int(label)] += float(amount)
             t = Tensor(array)
             t.to_device(self.device_id)
             result.append(t)
