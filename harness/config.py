@@ -402,6 +402,7 @@ class HarnessOptions:
     run: RunOptions = field(default_factory=RunOptions)
     sampling: str = "reference"         # 'reference' (mmaction2 0.x) or 'mmaction2-1.x'
     label_map: str | None = None        # class names file; default: configs/label_map_k400.txt
+    seek: str = "in-order"              # open-GOP files: 'in-order' (right frames) or 'reference'
 
 
 def _options(kind, section: dict, name: str, overrides: dict):
@@ -423,7 +424,7 @@ def harness_options(cfg, run: dict | None = None, **overrides: Any) -> HarnessOp
     unknown = sorted(set(section) - {f.name for f in dataclasses.fields(HarnessOptions)})
     if unknown:
         raise ConfigError(f"config key 'harness.{unknown[0]}' is not a harness option"
-                          f" (known: build, run, sampling, label_map)")
+                          f" (known: build, run, sampling, seek, label_map)")
     build = dict(section.get("build") or {})
     if "atc_extra_args" in build:
         build["atc_extra_args"] = tuple(build["atc_extra_args"])
@@ -452,8 +453,12 @@ def harness_options(cfg, run: dict | None = None, **overrides: Any) -> HarnessOp
     if sampling not in ("reference", "mmaction2-1.x"):
         raise ConfigError(f"config key 'harness.sampling' is {sampling!r};"
                           " use 'reference' or 'mmaction2-1.x'")
+    seek = section.get("seek", "in-order")
+    if seek not in ("in-order", "reference"):
+        raise ConfigError(f"config key 'harness.seek' is {seek!r}; use 'in-order' or 'reference'"
+                          " (docs/decoding.md, \"Open GOP\")")
     return HarnessOptions(build=options, run=run_options, sampling=sampling,
-                          label_map=section.get("label_map"))
+                          label_map=section.get("label_map"), seek=seek)
 
 
 def evaluation_digest(cfg) -> str:
@@ -467,5 +472,7 @@ def evaluation_digest(cfg) -> str:
                "sampling": harness_options(cfg).sampling,
                "normalization": dataclasses.asdict(normalization(cfg)),
                "average_clips": average_clips(cfg)}
+    if harness_options(cfg).seek != "in-order":   # (absent by default: earlier digests stay)
+        content["seek"] = harness_options(cfg).seek
     text = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()

@@ -436,6 +436,7 @@ def print_dashboard(url: str) -> None:
 def finish(job: Job, outcome: Outcome, args: argparse.Namespace) -> dict:
     """summary.json and report.html from this job's rows; returns the summary."""
     from harness import results
+    from harness.config import harness_options
     from harness.report import write_report
 
     if args.bench_only:  # keep the evaluation's summary, add the loops
@@ -445,10 +446,13 @@ def finish(job: Job, outcome: Outcome, args: argparse.Namespace) -> dict:
         table = results.job_table(job.work, summary.get("limit"))
     else:
         table = results.job_table(job.work, indices=[e.index for e in job.entries])
+        faults = outcome.stats.as_dict()
+        open_gop = faults.pop("open_gop")     # (this invocation's files)
         summary = results.summarize(
             table, wall_s=outcome.wall_s, processed=outcome.processed, backend=job.spec.backend,
             artifact=job.artifact, bench=outcome.bench,
-            extra={"faults": outcome.stats.as_dict(), "interrupted": outcome.interrupted,
+            extra={"faults": faults, "interrupted": outcome.interrupted,
+                   "decoding": {"seek": harness_options(job.cfg).seek, "open_gop_files": open_gop},
                    "sessions": outcome.sessions,
                    "work_dir": str(job.work), "ann_file": job.ann_file,
                    "data_prefix": job.data_prefix, "limit": args.limit, "ray": not args.no_ray,
@@ -514,6 +518,11 @@ def format_table(summary: dict) -> str:
             ("throughput", f"{summary['throughput_videos_per_s']:.3f} videos/s"
                            f" ({summary['videos_this_run']} in {summary['wall_s']:.1f} s)"),
             ("devices", devices or "-")]
+    decoding = summary.get("decoding") or {}
+    if decoding.get("open_gop_files"):
+        rows.append(("open GOP", f"{decoding['open_gop_files']} file(s) decoded with"
+                                 f" harness.seek={decoding['seek']!r}: there the reference's seek can"
+                                 " return other frames (docs/decoding.md, \"Open GOP\")"))
     rows += audit_rows(summary.get("audit"))
     return "\n".join(f"{k:<20} {v}" for k, v in rows)
 

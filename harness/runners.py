@@ -55,10 +55,12 @@ class LocalRunner:
     def evaluate(self, entries: Iterable, record: Callable[[VideoResult], None],
                  tick: Callable[[], None] | None = None, audit=None) -> RunStats:
         indices, on_reference = audit or (frozenset(), None)
+        stats = RunStats()
         for n, entry in enumerate(entries):
             if self.stopping:
                 break
             status, views = self.worker.decode(entry.index, entry.path)
+            stats.open_gop += int(bool(status.get("open_gop")))
             if not status["ok"]:
                 record(VideoResult.failed(entry, status["reason"], status["message"], status["node"]))
                 continue
@@ -78,7 +80,7 @@ class LocalRunner:
             record(VideoResult.scored(entry, out))
             if tick is not None:
                 tick()
-        return RunStats()
+        return stats
 
     def stop(self) -> None:
         self.stopping = True

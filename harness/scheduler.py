@@ -119,6 +119,7 @@ class RunStats:
     decoders_replaced: int = 0
     decoders_added: int = 0
     views_lost: int = 0
+    open_gop: int = 0           # files where the reference's seek and ours can differ (harness.seek)
     set_aside: list = field(default_factory=list)   # {"pool", "member", "error"}
 
     def as_dict(self) -> dict:
@@ -496,6 +497,7 @@ class Scheduler:
     def _on_decoded(self, run: _RunState, ticket: _Ticket, status: dict) -> None:
         if status.get("seconds") is not None:
             run.decode_s.append(float(status["seconds"]))
+        run.stats.open_gop += int(bool(status.get("open_gop")))
         if status.get("replace_me"):   # the worker abandoned stuck reads: a fresh process
             self._replace_decoder(run, ticket.member, "it abandoned stuck reads")
         if status["ok"]:

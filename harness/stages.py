@@ -145,7 +145,7 @@ class _Reader:
     """One daemon thread that runs ``fn(path)``; a call that outlives its timeout leaves the
     thread behind (a read stuck in the kernel cannot be interrupted) and is never joined."""
 
-    def __init__(self, fn: Callable[[str], np.ndarray]) -> None:
+    def __init__(self, fn: Callable[[str], Any]) -> None:
         self.jobs: queue.Queue = queue.Queue()
         self.fn = fn
         threading.Thread(target=self._loop, daemon=True, name="decode").start()
@@ -159,7 +159,7 @@ class _Reader:
                 box["error"] = exc
             done.set()
 
-    def call(self, path: str, timeout: float) -> np.ndarray:
+    def call(self, path: str, timeout: float) -> Any:
         box: dict = {}
         done = threading.Event()
         self.jobs.put((path, box, done))
@@ -185,6 +185,8 @@ class DecodeWorker:
         except ImportError:  # pragma: no cover - cv2 is a dependency
             pass
         self.decoder = decoder
+        # a ViewDecoder also says how the file was decoded (open GOP); plain callables do not
+        self._decode = getattr(decoder, "decode", None) or (lambda path: (decoder(path), {}))
         self.metrics = Metrics(metrics)
         self.node = node_label()
         self._reader: _Reader | None = None
@@ -201,11 +203,11 @@ class DecodeWorker:
         start = time.perf_counter()
         try:
             if timeout is None:
-                views = self.decoder(path)
+                views, info = self._decode(path)
             else:
                 if self._reader is None:
-                    self._reader = _Reader(self.decoder)
-                views = self._reader.call(path, timeout)
+                    self._reader = _Reader(self._decode)
+                views, info = self._reader.call(path, timeout)
             views = np.ascontiguousarray(views, dtype=np.uint8)
         except TimeoutError:
             self._reader = None          # abandoned with its stuck read; the next call gets a new one
@@ -225,7 +227,8 @@ class DecodeWorker:
                      "message": f"{path}: {type(exc).__name__}: {exc}", "node": self.node}, None)
         seconds = time.perf_counter() - start
         self.metrics.observe("harness_decode_seconds", "seconds to decode one video", "decode", seconds)
-        return {"ok": True, "seconds": seconds, "node": self.node, "shape": views.shape}, views
+        return ({"ok": True, "seconds": seconds, "node": self.node, "shape": views.shape,
+                 "open_gop": bool(info.get("open_gop"))}, views)
 
 
 def artifact_cache_dir() -> Path:

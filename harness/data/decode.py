@@ -11,6 +11,12 @@ one decode thread, about 20% less CPU per video; every other file, and every err
 goes through decord as the reference does (one decode thread, frame-exact get_batch).
 Both fetch each *unique* needed frame once, resize right after decoding (so a 4K video
 holds only its needed frames) and write the views with array-wide copies.
+
+Open-GOP files (docs/decoding.md, "Open GOP"): the reference's frame-accurate seek returns
+wrong frames on them. ``seek='in-order'`` (default) gives the frames an in-order decode
+gives; ``seek='reference'`` reproduces the reference's call (decord, the sampled indices in
+the reference's order) bit for bit. ``ViewDecoder.decode`` also returns
+``{'open_gop': bool}`` so a run can count those files.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from harness.data import frames, transforms
+from harness.data.frames import SEEKS
 from harness.data.sampling import SAMPLINGS, frame_indices
 from harness.errors import ConfigError, HarnessError
 
@@ -179,19 +186,22 @@ def parse_pipeline(pipeline: list[dict]) -> Plan:
 class ViewDecoder:
     """Callable ``decoder(path) -> uint8 (views, 3, T, H, W)``; picklable plain data."""
 
-    def __init__(self, pipeline: list[dict], sampling: str = "reference") -> None:
+    def __init__(self, pipeline: list[dict], sampling: str = "reference", seek: str = "in-order") -> None:
         if sampling not in SAMPLINGS:
             raise ConfigError(f"sampling {sampling!r} is not supported; use one of {', '.join(SAMPLINGS)}")
+        if seek not in SEEKS:
+            raise ConfigError(f"seek {seek!r} is not supported; use one of {', '.join(SEEKS)}")
         self.pipeline = [dict(step) for step in pipeline]
         self.sampling = sampling
+        self.seek = seek
         self.plan = parse_pipeline(self.pipeline)
         self._local = threading.local()
 
     def __getstate__(self) -> dict:
-        return {"pipeline": self.pipeline, "sampling": self.sampling}
+        return {"pipeline": self.pipeline, "sampling": self.sampling, "seek": self.seek}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["pipeline"], state["sampling"])
+        self.__init__(state["pipeline"], state["sampling"], state.get("seek", "in-order"))
 
     def _scratch(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         """A per-thread buffer reused across videos of the same shape: fresh 25 MB arrays
@@ -207,7 +217,9 @@ class ViewDecoder:
     def from_config(cls, cfg) -> "ViewDecoder":
         from harness.config import harness_options, test_pipeline
 
-        return cls(test_pipeline(cfg), sampling=harness_options(cfg).sampling)
+        options = harness_options(cfg)
+        return cls(test_pipeline(cfg), sampling=options.sampling,
+                   seek=options.seek)
 
     @property
     def views(self) -> int:
@@ -223,23 +235,34 @@ class ViewDecoder:
         return (3, self.plan.clip_len, self.plan.crop[2], self.plan.crop[1])
 
     def __repr__(self) -> str:
-        return f"ViewDecoder(views={self.views}, view_shape={self.view_shape}, sampling={self.sampling!r})"
+        return (f"ViewDecoder(views={self.views}, view_shape={self.view_shape}, sampling={self.sampling!r},"
+                f" seek={self.seek!r})")
 
     def frame_indices(self, num_frames: int) -> np.ndarray:
         p = self.plan
         return frame_indices(num_frames, p.clip_len, p.frame_interval, p.num_clips, self.sampling)
 
     def __call__(self, path: str | Path) -> np.ndarray:
+        return self.decode(path)[0]
+
+    def decode(self, path: str | Path) -> tuple[np.ndarray, dict]:
+        """``(views, info)``: info ``{'open_gop': bool}`` says whether the file has an
+        open-GOP keyframe, where the reference's seek can return other frames than the
+        default in-order decode (docs/decoding.md)."""
         p = self.plan
-        fast = self._fast_frames(path)
+        info: dict = {}
+        fast = self._fast_frames(path, info)
         if fast is not None:
-            return self._views(fast[1], fast[0].reshape(p.num_clips, p.clip_len))
+            return self._views(fast[1], fast[0].reshape(p.num_clips, p.clip_len)), _info(info)
         reader, path = _open(path, p.num_threads)
         try:
             num_frames = len(reader)
             if num_frames < 1:
                 raise DecodeError(path, "decode failed", "the video stream has no frames")
-            unique, rows = np.unique(self.frame_indices(num_frames), return_inverse=True)
+            if "open_gop" not in info:  # the fast path was not tried or stopped early
+                info["open_gop"] = frames.probe_open_gop(path)
+            inds = self.frame_indices(num_frames)
+            unique, rows = np.unique(inds, return_inverse=True)
             indexed = _indexed_frames(reader)
             if indexed is not None and unique[-1] >= indexed:
                 # decord can spin forever seeking to frames the file does not hold
@@ -247,16 +270,27 @@ class ViewDecoder:
                 raise DecodeError(path, "decode failed", f"the container reports {num_frames} frames"
                                   f" but holds {indexed}")
             try:
-                resized = self._decode_resized(reader, unique)
+                if self.seek == "reference":
+                    # The reference's own call: every sampled index in its order, duplicates
+                    # fetched again (a re-seek can return other bytes for the same index).
+                    resized = self._decode_resized(reader, inds, ordered=True)
+                    rows = np.arange(len(inds))
+                elif info["open_gop"]:
+                    # decord's seek would land on an open-GOP keyframe: read every frame up
+                    # to the last needed one in order (no seek), as the fast path does.
+                    resized = self._decode_in_order(reader, unique)
+                else:
+                    resized = self._decode_resized(reader, unique)
             except Exception as exc:  # decord raises DECORDError/RuntimeError with C++ text
                 raise DecodeError(path, "decode failed", _short(exc)) from None
         finally:
             del reader  # closes the file and stops decord's decode thread
-        return self._views(resized, rows.reshape(p.num_clips, p.clip_len))
+        return self._views(resized, rows.reshape(p.num_clips, p.clip_len)), _info(info)
 
-    def _fast_frames(self, path: str | Path) -> tuple[np.ndarray, np.ndarray] | None:
+    def _fast_frames(self, path: str | Path, info: dict) -> tuple[np.ndarray, np.ndarray] | None:
         """``(clip rows, resized unique frames)`` from the PyAV fast path (frames.py), or
-        None: decord then decodes the file (odd files, errors, several decode threads)."""
+        None: decord then decodes the file (odd files, errors, several decode threads, and
+        open-GOP files with ``seek='reference'``)."""
         if self.plan.num_threads != 1 or not os.path.isfile(path):
             return None
         rows: list[np.ndarray] = []
@@ -267,12 +301,14 @@ class ViewDecoder:
             return unique
 
         got = frames.decode_resized(str(path), pick, self._resized_size,
-                                    lambda shape: self._scratch("resized", shape))
+                                    lambda shape: self._scratch("resized", shape), self.seek, info)
         return None if got is None else (rows[0], got[1])
 
-    def _decode_resized(self, reader, unique: np.ndarray) -> np.ndarray:
+    def _decode_resized(self, reader, unique: np.ndarray, ordered: bool = False) -> np.ndarray:
         """Decode the unique frames in ascending order (no re-seeks), resizing each chunk
-        right away: peak memory is one chunk of full-size frames plus the resized ones."""
+        right away: peak memory is one chunk of full-size frames plus the resized ones.
+        ``ordered``: ``unique`` is any index sequence, fetched in that order (the
+        reference's calls, split into chunks on the same reader)."""
         first = reader.get_batch([int(unique[0])])
         h, w = first.shape[1:3]
         size = self._resized_size(w, h)
@@ -284,6 +320,32 @@ class ViewDecoder:
             if tuple(batch.shape[1:3]) != (h, w):
                 raise ValueError("frame size changes within the video")
             transforms.resize_frames(_borrow(batch), size, out=out[start:start + batch.shape[0]])
+            del batch
+        return out
+
+    def _decode_in_order(self, reader, unique: np.ndarray) -> np.ndarray:
+        """The unique frames, decoding every frame from 0 to the last needed one with
+        consecutive indices (decord then never seeks), a chunk at a time."""
+        wanted = np.zeros(int(unique[-1]) + 1, dtype=bool)
+        wanted[unique] = True
+        first = reader.get_batch([0])
+        h, w = first.shape[1:3]
+        size = self._resized_size(w, h)
+        out = self._scratch("resized", (len(unique), size[1], size[0], 3))
+        filled = 0
+        if wanted[0]:
+            transforms.resize_frames(_borrow(first), size, out=out[:1])
+            filled = 1
+        del first
+        chunk = max(1, DECODE_CHUNK_BYTES // (h * w * 3))
+        for start in range(1, len(wanted), chunk):
+            batch = reader.get_batch(list(range(start, min(start + chunk, len(wanted)))))
+            if tuple(batch.shape[1:3]) != (h, w):
+                raise ValueError("frame size changes within the video")
+            keep = np.flatnonzero(wanted[start:start + batch.shape[0]])
+            if len(keep):
+                transforms.resize_frames(_borrow(batch)[keep], size, out=out[filled:filled + len(keep)])
+                filled += len(keep)
             del batch
         return out
 
@@ -320,6 +382,10 @@ class ViewDecoder:
             return last
         self._local.output = out = np.empty(shape, dtype=np.uint8)
         return out
+
+
+def _info(info: dict) -> dict:
+    return {"open_gop": bool(info.get("open_gop"))}
 
 
 def _indexed_frames(reader) -> int | None:

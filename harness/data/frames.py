@@ -13,6 +13,12 @@ That holds for well-formed files only, so anything unusual (missing or repeated 
 discarded packets, rotation, size or format changes, a frame that never comes out,
 any FFmpeg error) returns None and the caller decodes the file with decord, which
 stays the authority for odd files and for DecodeError reasons.
+
+Open GOP (docs/decoding.md): a keyframe followed in file order by frames shown before it
+(x264 ``open-gop=1``). decord numbers its keyframes by file position, not display order, so
+its frame-accurate seek onto such a keyframe returns wrong frames; decoding in order, as
+here, returns the right ones. ``seek='reference'`` hands those files to decord instead,
+which reproduces the reference's frames; ``info['open_gop']`` says which files they are.
 """
 
 from __future__ import annotations
@@ -30,31 +36,40 @@ class _Unusual(Exception):
     """The file needs decord's own handling."""
 
 
+SEEKS = ("in-order", "reference")
+
+
 def decode_resized(path: str, pick: Callable[[int], np.ndarray],
                    size_of: Callable[[int, int], tuple[int, int]],
-                   buffer: Callable[[tuple[int, ...]], np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+                   buffer: Callable[[tuple[int, ...]], np.ndarray], seek: str = "in-order",
+                   info: dict | None = None) -> tuple[np.ndarray, np.ndarray] | None:
     """``(unique, frames)``: the sorted unique frame indices ``pick(num_frames)`` returns
     and those frames, RGB, resized to ``size_of(w, h)`` in ``buffer(shape)``; or None
-    when the file should go to decord."""
+    when the file should go to decord. ``info['open_gop']`` is set once the packets are
+    indexed; with ``seek='reference'`` an open-GOP file goes to decord (returns None)."""
+    info = {} if info is None else info
     try:
         import av
 
         with av.open(path, metadata_errors="ignore") as container:
-            return _decode(container, pick, size_of, buffer)
+            return _decode(container, pick, size_of, buffer, seek, info)
     except Exception as exc:  # _Unusual, FFmpeg errors: decord decides (and names the error)
         log.debug("%s: decoding with decord (%s)", path, exc)
         return None
 
 
-def _decode(container, pick, size_of, buffer):
+def _decode(container, pick, size_of, buffer, seek, info):
     stream = container.streams.best("video")  # av_find_best_stream, as decord
     if stream is None or _rotated(stream):
         raise _Unusual("no video stream or rotated")
     packets, pts = _index(container, stream)
-    unique = pick(len(packets))
     order = np.argsort(pts, kind="stable")
     rank = np.empty(len(pts), dtype=np.int64)
     rank[order] = np.arange(len(pts))
+    info["open_gop"] = _open_gop(packets, rank)
+    if info["open_gop"] and seek == "reference":
+        raise _Unusual("open GOP: decord reproduces the reference's seek")
+    unique = pick(len(packets))
     wanted = np.zeros(len(pts), dtype=bool)
     wanted[unique] = True
     slot_of = {int(p): i for i, p in enumerate(pts[order[unique]])}
@@ -106,6 +121,33 @@ def _index(container, stream) -> tuple[list, np.ndarray]:
     if len(np.unique(pts)) != len(pts):
         raise _Unusual("repeated pts")
     return packets, pts
+
+
+def _open_gop(packets, rank: np.ndarray) -> bool:
+    """A keyframe whose position in the file is not its display rank: frames after it in
+    the file are shown before it (open GOP). decord's keyframe index is the file position,
+    so its seek onto that keyframe returns other frames than an in-order decode."""
+    keys = np.flatnonzero([p.is_keyframe for p in packets])
+    return bool(np.any(rank[keys] != keys))
+
+
+def probe_open_gop(path: str) -> bool | None:
+    """Whether the file has an open-GOP keyframe (packets only, no decoding); None when
+    FFmpeg cannot index it the way the fast path does."""
+    try:
+        import av
+
+        with av.open(path, metadata_errors="ignore") as container:
+            stream = container.streams.best("video")
+            if stream is None:
+                return None
+            packets, pts = _index(container, stream)
+    except Exception:
+        return None
+    order = np.argsort(pts, kind="stable")
+    rank = np.empty(len(pts), dtype=np.int64)
+    rank[order] = np.arange(len(pts))
+    return _open_gop(packets, rank)
 
 
 def _rotated(stream) -> bool:
