@@ -15,6 +15,7 @@ video by video, while the run happens?
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -50,10 +51,11 @@ def audit_indices(indices: Sequence[int], n: int) -> list[int]:
     return [indices[int((k + 0.5) * count / n)] for k in range(n)]
 
 
-def default_videos(backend: str, device_kind: str) -> int:
-    """An .om (fp16 on a 310P3 by default) or a GPU (TF32, fp16) is audited; an fp32 CPU run
-    is its own reference."""
-    return DEFAULT_VIDEOS if backend == "om" or device_kind == "gpu" else 0
+def default_videos(backend: str, device_kind: str, precision: str = "fp32") -> int:
+    """An .om (fp16 on a 310P3 by default), a GPU (TF32, fp16) or a torch session in reduced
+    precision is audited; an fp32 CPU run is its own reference."""
+    reduced = backend == "om" or device_kind == "gpu" or precision != "fp32"
+    return DEFAULT_VIDEOS if reduced else 0
 
 
 def reference_spec(spec) -> tuple[object | None, str]:
@@ -69,8 +71,10 @@ def reference_spec(spec) -> tuple[object | None, str]:
             return ModelSpec.from_artifact(directory, "onnxruntime"), f"onnxruntime fp32 on {directory}'s ONNX"
         except Exception as exc:  # a build made without its ONNX kept
             return None, f"the artifact has no ONNX to compare against ({exc})"
-    what = spec.checkpoint if spec.backend == "torch" else spec.path
-    return spec, f"{spec.backend} fp32 on a CPU, {what}"
+    if spec.backend == "torch":   # the same checkpoint, plainly: fp32, eager, batch 1
+        reference = dataclasses.replace(spec, precision="fp32", torch_compile=False, batch=1)
+        return reference, f"torch fp32 on a CPU, {spec.checkpoint}"
+    return spec, f"{spec.backend} fp32 on a CPU, {spec.path}"
 
 
 def recorded_indices(work_dir: str | Path) -> set[int]:

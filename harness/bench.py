@@ -4,7 +4,7 @@ the statistics and the terminal table.
 The loops run on every actor (at the same time on Ray: ``Runner.bench``), on a
 synthetic input of its session's shape and dtype, without reloading anything. Throughput in
 videos/s counts the views one call covers (batch x views per call) against the views a video
-needs.
+needs; ``videos_per_call`` (the batch across videos) is reported with each device.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ def bench_stats(reports: list[dict], loops: int) -> dict:
             "mean_ms": mean, "p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
             "p99_ms": float(np.percentile(lat, 99)) if lat.size else None,
             "views_per_call": r["views_per_call"],
+            "videos_per_call": r.get("videos_per_call", 1),
             "throughput_videos_per_s": views_per_s / r["views_per_video"],
         })
     return {"loops": loops, "devices": devices,
@@ -41,11 +42,13 @@ def add_efficiency(bench: dict, end_to_end_videos_per_s: float | None) -> dict:
 
 def format_bench(bench: dict) -> str:
     """The bench table for the terminal."""
-    lines = [f"{'device':<12} {'node':<24} {'mean ms':>9} {'p50 ms':>9} {'p99 ms':>9} {'videos/s':>9}"]
+    lines = [f"{'device':<12} {'node':<24} {'batch':>5} {'mean ms':>9} {'p50 ms':>9} {'p99 ms':>9}"
+             f" {'videos/s':>9}"]
     for d in bench["devices"]:
-        lines.append(f"{d['device']:<12} {str(d['node'])[:24]:<24} {d['mean_ms']:9.2f}"
-                     f" {d['p50_ms']:9.2f} {d['p99_ms']:9.2f} {d['throughput_videos_per_s']:9.3f}")
-    lines.append(f"{'all devices':<37} {'':>9} {'':>9} {'':>9} {bench['aggregate_videos_per_s']:9.3f}")
+        lines.append(f"{d['device']:<12} {str(d['node'])[:24]:<24} {d.get('videos_per_call', 1):>5}"
+                     f" {d['mean_ms']:9.2f} {d['p50_ms']:9.2f} {d['p99_ms']:9.2f}"
+                     f" {d['throughput_videos_per_s']:9.3f}")
+    lines.append(f"{'all devices':<43} {'':>9} {'':>9} {'':>9} {bench['aggregate_videos_per_s']:9.3f}")
     if bench.get("end_to_end_videos_per_s"):
         lines.append(f"end-to-end {bench['end_to_end_videos_per_s']:.3f} videos/s;"
                      f" pipeline efficiency {bench['pipeline_efficiency']:.2f}")

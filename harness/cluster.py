@@ -179,10 +179,15 @@ class _RayInferenceActor(InferenceActor):
         return super().bench(loops, warmup)
 
 
+MAX_CALLS_PER_ACTOR = 32   # calls an inference actor serves at once (its batcher groups them)
+
+
 def actor_options(plan: DevicePlan, threads: int, max_restarts: int) -> dict:
-    """Ray options for one inference actor: NPU/GPU actors reserve no whole CPU."""
+    """Ray options for one inference actor: NPU/GPU actors reserve no whole CPU; threaded, so
+    the calls the scheduler queues there reach its batcher together (harness.stages)."""
     env = {"env_vars": _thread_env(threads)}
-    common = {"max_restarts": max_restarts, "max_task_retries": 0, "runtime_env": env}
+    common = {"max_restarts": max_restarts, "max_task_retries": 0, "runtime_env": env,
+              "max_concurrency": MAX_CALLS_PER_ACTOR}
     if plan.kind == "npu":
         return {**common, "resources": {"NPU": 1}, "num_cpus": 0}
     if plan.kind == "gpu":

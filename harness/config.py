@@ -374,6 +374,17 @@ def _check_precision_options(options: BuildOptions) -> None:
 
 
 @dataclass(frozen=True)
+class TorchOptions:
+    """The torch backend's session (section ``harness.torch``; flags override): what it computes
+    in, whether it is compiled, whether uint8 views are normalized on the device. Videos per
+    call come from ``harness.build.batch``."""
+
+    precision: str = "fp32"             # fp32, tf32 (CUDA), fp16, bf16 (torch.autocast)
+    compile: bool = False               # torch.compile
+    uint8_input: bool = False           # uint8 views to the device (4x fewer bytes), normalized there
+
+
+@dataclass(frozen=True)
 class RunOptions:
     """How ``harness.run`` guards a long run (section ``harness.run``; flags override).
 
@@ -402,6 +413,7 @@ class HarnessOptions:
     run: RunOptions = field(default_factory=RunOptions)
     sampling: str = "reference"         # 'reference' (mmaction2 0.x) or 'mmaction2-1.x'
     label_map: str | None = None        # class names file; default: configs/label_map_k400.txt
+    torch: TorchOptions = field(default_factory=TorchOptions)
     seek: str = "in-order"              # open-GOP files: 'in-order' (right frames) or 'reference'
 
 
@@ -417,14 +429,15 @@ def _options(kind, section: dict, name: str, overrides: dict):
     return kind(**values)
 
 
-def harness_options(cfg, run: dict | None = None, **overrides: Any) -> HarnessOptions:
-    """The ``harness`` section as dataclasses; ``overrides`` replace build options and ``run``
-    run options (command-line flags; None values are ignored)."""
+def harness_options(cfg, run: dict | None = None, torch: dict | None = None,
+                    **overrides: Any) -> HarnessOptions:
+    """The ``harness`` section as dataclasses; ``overrides`` replace build options, ``run`` run
+    options and ``torch`` torch options (command-line flags; None values are ignored)."""
     section = _plain(lookup(cfg, "harness", default={})) or {}
     unknown = sorted(set(section) - {f.name for f in dataclasses.fields(HarnessOptions)})
     if unknown:
         raise ConfigError(f"config key 'harness.{unknown[0]}' is not a harness option"
-                          f" (known: build, run, sampling, seek, label_map)")
+                          f" (known: build, run, torch, sampling, seek, label_map)")
     build = dict(section.get("build") or {})
     if "atc_extra_args" in build:
         build["atc_extra_args"] = tuple(build["atc_extra_args"])
@@ -453,12 +466,16 @@ def harness_options(cfg, run: dict | None = None, **overrides: Any) -> HarnessOp
     if sampling not in ("reference", "mmaction2-1.x"):
         raise ConfigError(f"config key 'harness.sampling' is {sampling!r};"
                           " use 'reference' or 'mmaction2-1.x'")
+    torch_options = _options(TorchOptions, section.get("torch") or {}, "torch", torch or {})
+    if torch_options.precision not in ("fp32", "tf32", "fp16", "bf16"):
+        raise ConfigError(f"config key 'harness.torch.precision' is {torch_options.precision!r};"
+                          " use fp32, tf32, fp16 or bf16")
     seek = section.get("seek", "in-order")
     if seek not in ("in-order", "reference"):
         raise ConfigError(f"config key 'harness.seek' is {seek!r}; use 'in-order' or 'reference'"
                           " (docs/decoding.md, \"Open GOP\")")
     return HarnessOptions(build=options, run=run_options, sampling=sampling,
-                          label_map=section.get("label_map"), seek=seek)
+                          label_map=section.get("label_map"), torch=torch_options, seek=seek)
 
 
 def evaluation_digest(cfg) -> str:

@@ -70,6 +70,13 @@ def _parser() -> argparse.ArgumentParser:
     devices.add_argument("--gpus", type=count, help="one inference actor per GPU")
     devices.add_argument("--cpus", type=count, help="N CPU inference actors (one core each)")
     p.add_argument("--backend", choices=BACKENDS, help="default: om for NPUs, onnxruntime otherwise")
+    torch_group = p.add_argument_group("the torch backend (config: harness.torch)")
+    torch_group.add_argument("--precision", choices=("fp32", "tf32", "fp16", "bf16"),
+                             help="what the torch session computes in (default fp32; tf32 on CUDA"
+                             " only; fp16/bf16 by torch.autocast); audited by default when not fp32")
+    torch_group.add_argument("--torch-compile", action="store_true", help="torch.compile the model")
+    torch_group.add_argument("--uint8-input", action="store_true",
+                             help="send uint8 views to the device and normalize there (4x fewer bytes)")
     p.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS; without either,"
                    " the harness starts its own local instance, even if another cluster runs here)")
     p.add_argument("--resources", type=_resources,
@@ -229,7 +236,8 @@ def plan_audit(options, spec: ModelSpec, plan: DevicePlan, entries: list):
     """(the audited entries, the reference's ModelSpec, what it is) for ``--audit``."""
     from harness import audit
 
-    wanted = options.audit if options.audit is not None else audit.default_videos(spec.backend, plan.kind)
+    wanted = (options.audit if options.audit is not None
+              else audit.default_videos(spec.backend, plan.kind, spec.precision))
     if not wanted:
         return [], None, ""
     reference, what = audit.reference_spec(spec)
@@ -253,6 +261,8 @@ def device_plan(args) -> DevicePlan:
 def resolve_model(cfg, args, plan: DevicePlan) -> tuple[ModelSpec, dict]:
     """The ModelSpec the actors load (building the artifact if needed), and the summary's
     ``artifact`` entry."""
+    from harness.config import harness_options
+
     backend = args.backend or ("om" if args.om else "onnxruntime" if args.onnx
                                else DEFAULT_BACKEND[plan.kind])
     if backend == "om" and plan.kind != "npu":
@@ -261,6 +271,11 @@ def resolve_model(cfg, args, plan: DevicePlan) -> tuple[ModelSpec, dict]:
         raise ConfigError(f"--npus needs --backend om (got {backend})")
     if args.om and backend != "om" or args.onnx and backend != "onnxruntime":
         raise ConfigError("--om needs --backend om and --onnx needs --backend onnxruntime")
+    torch_flags = [f for f, given in (("--precision", args.precision), ("--torch-compile", args.torch_compile),
+                                      ("--uint8-input", args.uint8_input)) if given]
+    if torch_flags and backend != "torch":
+        raise ConfigError(f"{', '.join(torch_flags)} apply to --backend torch; an ONNX's or .om's"
+                          " precision is a build option (docs/build.md, \"Precision\")")
     if args.random_weights:
         log.warning("evaluating random weights (--random-weights): the predictions are meaningless")
     if args.om or args.onnx:
@@ -268,7 +283,13 @@ def resolve_model(cfg, args, plan: DevicePlan) -> tuple[ModelSpec, dict]:
     elif backend == "torch":
         if not args.checkpoint:
             raise ConfigError("--backend torch needs --checkpoint (random weights would differ per actor)")
-        spec = ModelSpec.from_checkpoint(cfg, args.checkpoint, args.unsafe_load_checkpoint)
+        o = harness_options(cfg, torch={"precision": args.precision,
+                                        "compile": args.torch_compile or None,
+                                        "uint8_input": args.uint8_input or None})
+        spec = ModelSpec.from_checkpoint(cfg, args.checkpoint, args.unsafe_load_checkpoint,
+                                         precision=o.torch.precision, compile=o.torch.compile,
+                                         uint8_input=o.torch.uint8_input,
+                                         batch=args.batch or o.build.batch)
     else:
         from harness.build import build_artifact
 

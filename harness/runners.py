@@ -109,6 +109,7 @@ class RayRunner:
         self._decoder = None
         self._max_decoders = 0
         self._clip_bytes: int | None = None
+        self._descriptions: list[dict] = []
         self.reference = None
 
     def start(self, spec: ModelSpec, plan: DevicePlan, decoder, decoders: int | None = None,
@@ -131,6 +132,7 @@ class RayRunner:
             log.info("audit: the fp32 reference runs on %s (%s)", described["node"],
                      described["session_device"])
         self._decoder = decoder
+        self._descriptions = descriptions
         if decoder is not None and decoder.view_shape is not None:
             self._clip_bytes = decoder.views * math.prod(decoder.view_shape)
         for d in descriptions:
@@ -155,6 +157,8 @@ class RayRunner:
             timeouts=Timeouts(decode=o.decode_timeout, infer=o.infer_timeout, startup=o.startup_timeout,
                               reference=o.audit_timeout),
             calls=RayCalls(new_decoder=lambda: cluster.start_decoder(self._decoder, next(numbers))),
+            videos_per_call=[min(d.get("videos_per_call", 1), cluster.MAX_CALLS_PER_ACTOR // 2)
+                             for d in self._descriptions],
             audit=(Audit(self.reference, frozenset(audit[0]), audit[1])
                    if audit and self.reference is not None else None))
         try:

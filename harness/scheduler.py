@@ -8,9 +8,10 @@ workers in tests/test_scheduler.py:
 1. **Pull, never split.** Entries are taken from the iterator one at a time, only when a
    decode worker is idle and the decoded-clip buffer has room; retried videos go first.
 2. **Bounded memory.** At most ``buffer`` videos are decoding or decoded and waiting for an
-   actor (``max(actors, decoders)``, and at most ``buffer_bytes`` of clips), and at most
-   ``depth`` are queued at each inference actor: the object store's working set is bounded
-   whatever the list's length.
+   actor (``max(videos per call summed over the actors, decoders)``, and at most
+   ``buffer_bytes`` of clips), and at most ``depth`` x its videos per call are queued at each
+   inference actor (an actor that batches B videos per call gets 2B: one batch running, the
+   next one gathering): the object store's working set is bounded whatever the list's length.
 3. **Least busy first.** A decoded clip goes to the live actor with the fewest queued videos
    (the lowest index on ties); a decode goes to the first idle live worker.
 4. **A broken video is recorded, not retried.** A decode worker's failure record keeps its
@@ -220,10 +221,12 @@ class Pool:
     """The members of one stage (decode workers or inference actors): their queued tickets,
     deaths and whether they may be used."""
 
-    def __init__(self, name: str, handles: list, depth: int, max_restarts: int) -> None:
+    def __init__(self, name: str, handles: list, depth: int, max_restarts: int,
+                 depths: list[int] | None = None) -> None:
         if not handles:
             raise HarnessError(f"no {name}s")
         self.name, self.depth, self.max_restarts = name, depth, max_restarts
+        self.depths: list[int] = []                 # each member's depth (``depth`` by default)
         self.handles: list = []
         self.queue: list[collections.deque] = []    # tickets in submission order (Ray runs them so)
         self.incarnation: list[int] = []            # which process of the member a ticket went to
@@ -234,10 +237,11 @@ class Pool:
         # (load, member) of members that may take work; entries go stale as loads change and
         # are dropped when met: pick() is O(log members), not a scan of the pool per event
         self._free: list[tuple[int, int]] = []
-        for handle in handles:
-            self.add(handle, "ready")
+        for k, handle in enumerate(handles):
+            self.add(handle, "ready", depths[k] if depths else depth)
 
-    def add(self, handle, state: str) -> int:
+    def add(self, handle, state: str, depth: int | None = None) -> int:
+        self.depths.append(depth or self.depth)
         self.handles.append(handle)
         self.queue.append(collections.deque())
         self.incarnation.append(0)
@@ -275,11 +279,11 @@ class Pool:
 
     def _offer(self, member: int) -> None:
         load = len(self.queue[member])
-        if self.state[member] == "ready" and load < self.depth:
+        if self.state[member] == "ready" and load < self.depths[member]:
             heapq.heappush(self._free, (load, member))
 
     def pick(self) -> int | None:
-        """The ready member with the fewest queued tasks below ``depth`` (lowest index on ties)."""
+        """The ready member with the fewest queued tasks below its depth (lowest index on ties)."""
         while self._free:
             load, member = self._free[0]
             if self.state[member] == "ready" and len(self.queue[member]) == load:
@@ -352,9 +356,12 @@ class Scheduler:
                  max_restarts: int = 3, buffer: int | None = None, buffer_bytes: int | None = None,
                  clip_bytes: int | None = None, max_decoders: int | None = None,
                  timeouts: Timeouts = Timeouts(), metrics: bool = True,
-                 calls: RayCalls | None = None, audit: Audit | None = None) -> None:
+                 calls: RayCalls | None = None, audit: Audit | None = None,
+                 videos_per_call: list[int] | None = None) -> None:
         self.decoders = Pool("decode worker", decoders, 1, max_restarts)
-        self.actors = Pool("inference actor", actors, depth, max_restarts)
+        self.videos_per_call = videos_per_call or [1] * len(actors)
+        self.actors = Pool("inference actor", actors, depth, max_restarts,
+                           [depth * b for b in self.videos_per_call])
         self.audit = audit
         self.reference = (Pool("reference actor", [audit.reference], 1 << 30, max_restarts)
                           if audit else None)
@@ -370,7 +377,7 @@ class Scheduler:
     @property
     def buffer(self) -> int:
         """Videos decoding or decoded and waiting (rule 2)."""
-        count = self.fixed_buffer or max(len(self.actors.handles), self.decoders.usable())
+        count = self.fixed_buffer or max(sum(self.videos_per_call), self.decoders.usable())
         return max(1, min(count, self.byte_cap or count))
 
     def stop(self) -> None:

@@ -4,7 +4,8 @@
   Never imports torch. It enforces the decode timeout itself: a read that hangs (a stalled
   network filesystem) is abandoned in its thread and the video answered ``timeout``.
 - :class:`InferenceActor`: one device's model session, loaded once; views -> per-video scores,
-  and the benchmark loops. A node that cannot see the model file gets its bytes through
+  and the benchmark loops. A session that takes several videos per call gets them through
+  :class:`_Batcher` (dynamic batching of the calls the actor's threads serve at once). A node that cannot see the model file gets its bytes through
   Ray's object store into a node-local cache keyed by their sha256 (:func:`local_model_file`).
 - :class:`VideoResult`: one row of predictions.parquet.
 
@@ -231,6 +232,67 @@ class DecodeWorker:
                  "open_gop": bool(info.get("open_gop"))}, views)
 
 
+class _Request:
+    """One video handed to a :class:`_Batcher`, and its answer."""
+
+    def __init__(self, views: np.ndarray) -> None:
+        self.views, self.value, self.error, self.done = views, None, None, False
+
+    def result(self) -> np.ndarray:
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class _Batcher:
+    """Dynamic batching inside one inference actor. The actor's threads (Ray runs up to
+    ``max_concurrency`` calls at once) hand in one video each; whoever finds the device free
+    runs every waiting video, up to ``size``, in one device call, and the others wait for
+    their answer. Nothing waits for a batch to fill: a call runs with what has arrived, so the
+    last, partial batch of a list goes at once (padded by the caller). A failed batch of
+    several is retried one video at a time: one bad input does not fail its neighbours."""
+
+    def __init__(self, run: Callable[[list], list], size: int) -> None:
+        self._run, self.size = run, max(1, int(size))
+        self._cond = threading.Condition()
+        self._waiting: list[_Request] = []
+        self._busy = False
+        self.calls: list[int] = []        # videos in each device call (tests, reports)
+
+    def submit(self, views: np.ndarray) -> np.ndarray:
+        request = _Request(views)
+        with self._cond:
+            self._waiting.append(request)
+            while not request.done:
+                if self._busy:
+                    self._cond.wait()
+                    continue
+                self._busy = True            # this thread drives the device for one call
+                batch, self._waiting = self._waiting[:self.size], self._waiting[self.size:]
+                self._cond.release()
+                try:
+                    self._serve(batch)
+                finally:
+                    self._cond.acquire()
+                    self._busy = False
+                    self._cond.notify_all()
+        return request.result()
+
+    def _serve(self, batch: list[_Request]) -> None:
+        try:
+            self.calls.append(len(batch))
+            for request, value in zip(batch, self._run([r.views for r in batch])):
+                request.value = value
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].error = exc
+            else:
+                for request in batch:
+                    self._serve([request])
+        for request in batch:
+            request.done = True
+
+
 def artifact_cache_dir() -> Path:
     """Where a node keeps model files it received through the cluster:
     ``$HARNESS_CACHE_DIR/artifacts`` (default ``~/.cache/swin-k400-harness/artifacts``)."""
@@ -300,6 +362,9 @@ class InferenceActor:
         self.node = node_label()
         self.metrics = Metrics(metrics)
         self._layout = call_layout(self.session.input_shape, spec.views_per_video)
+        batch, per_call = self._layout
+        self.videos_per_call = max(1, batch * per_call // spec.views_per_video)
+        self._batcher = _Batcher(self._logits_of_videos, self.videos_per_call)
 
     def probe(self) -> dict:
         """The actor serves (its session is open): :meth:`describe`."""
@@ -312,7 +377,9 @@ class InferenceActor:
                 "session_device": self.session.device, "pid": os.getpid(),
                 "input_shape": list(self.session.input_shape),
                 "input_dtype": str(self.session.input_dtype),
-                "batch": batch, "views_per_call": per_call}
+                "batch": batch, "views_per_call": per_call,
+                "videos_per_call": self.videos_per_call,
+                "precision": getattr(self.session, "effective_precision", None)}
 
     def _prepare(self, views: np.ndarray) -> np.ndarray:
         """uint8 views ``(V, 3, T, H, W)`` -> what the session takes (normalized on the host
@@ -335,11 +402,17 @@ class InferenceActor:
                    for i in range(calls)]
         return np.concatenate(outputs)[:total]
 
+    def _logits_of_videos(self, videos: list[np.ndarray]) -> list[np.ndarray]:
+        """Per-view logits of several videos, their views packed into the fewest calls."""
+        logits = self.logits(np.concatenate(videos) if len(videos) > 1 else videos[0])
+        bounds = np.cumsum([v.shape[0] for v in videos])[:-1]
+        return np.split(logits, bounds)
+
     def infer(self, index: int, views: np.ndarray, with_logits: bool = False) -> dict:
         """Averaged scores of one video (the reference's test_cfg.average_clips); with
         ``with_logits`` also its per-view logits (the precision audit compares them)."""
         start = time.perf_counter()
-        logits = self.logits(views)
+        logits = self._batcher.submit(views)
         scores = average_views(logits, views.shape[0], self.spec.average_clips)[0]
         seconds = time.perf_counter() - start
         self.metrics.observe("harness_inference_seconds", "seconds of inference per video",
@@ -368,7 +441,8 @@ class InferenceActor:
             self.session.run(x)
             latencies.append((time.perf_counter() - start) * 1000.0)
         return {"device": self.device, "node": self.node, "latencies_ms": latencies,
-                "views_per_call": batch * per_call, "views_per_video": self.spec.views_per_video}
+                "views_per_call": batch * per_call, "views_per_video": self.spec.views_per_video,
+                "videos_per_call": self.videos_per_call}
 
     def close(self) -> None:
         self.session.close()

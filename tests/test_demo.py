@@ -46,12 +46,13 @@ def test_demo_passes_on_ray_with_two_cpu_actors(demo_env, capsys):
 
 
 def _broken(monkeypatch, damage):
-    original = ViewDecoder.__call__
+    original = ViewDecoder.decode       # (what decode workers call; __call__ goes through it)
 
     def decode(self, path):
-        return np.ascontiguousarray(damage(original(self, path)))
+        views, info = original(self, path)
+        return np.ascontiguousarray(damage(views)), info
 
-    monkeypatch.setattr(ViewDecoder, "__call__", decode)
+    monkeypatch.setattr(ViewDecoder, "decode", decode)
 
 
 BREAKAGES = {

@@ -92,6 +92,12 @@ def test_cpus_2_with_onnxruntime_equals_no_ray(inputs, cluster, oracle, tmp_path
     assert written["videos_failed"] == len(BROKEN)
 
 
+def test_cpus_2_batching_4_videos_per_call_equals_batch_1(inputs, cluster, oracle, tmp_path):
+    summary = execute(parse_args(run_args(inputs, tmp_path, "--cpus", "2", "--batch", "4")))
+    assert_same_as_oracle(tmp_path, summary, oracle)
+    assert {s["videos_per_call"] for s in summary["sessions"]} == {4}
+
+
 def test_npus_2_each_actor_uses_its_own_chip(inputs, cluster, oracle, tmp_path):
     before = set(cluster.glob("*.json"))
     summary = execute(parse_args(run_args(inputs, tmp_path, "--npus", "2", "--bench-loops", "3")))

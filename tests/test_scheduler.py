@@ -613,3 +613,12 @@ def test_after_stop_the_reference_is_not_waited_for():
     assert answers and all(out is None and err == "the run was stopped"
                            for a in answers.values() for out, err in a)
     assert calls.now < 500.0
+
+
+def test_an_actor_that_batches_b_videos_gets_2b_queued_and_the_buffer_grows():
+    decoders = [FakeWorker(f"d{i}", 0.05) for i in range(3)]
+    scheduler, calls = make(decoders, [FakeWorker("a0", 2.0), FakeWorker("a1", 2.0)],
+                            videos_per_call=[4, 1])
+    assert scheduler.buffer == 5                               # 4 + 1 videos per call
+    one_each(run(scheduler, entries(40)), 40)
+    assert calls.max_queued["a0"] == 8 and calls.max_queued["a1"] == 2

@@ -30,4 +30,5 @@ def open_session(spec: ModelSpec, device_kind: str, device_index: int, threads: 
         from harness.backends.onnxruntime_backend import OrtSession
         return OrtSession(spec.path, device_kind, device_index, threads)
     from harness.backends.torch_backend import TorchSession
-    return TorchSession(spec, device_kind, device_index, threads)
+    return TorchSession(spec, device_kind, device_index, threads, precision=spec.precision,
+                        compile=spec.torch_compile, uint8_input=spec.uint8_input, batch=spec.batch)

@@ -66,6 +66,12 @@ class ModelSpec:
     view_shape: tuple[int, int, int, int] | None = None   # torch: (3, T, H, W)
     checkpoint: str | None = None
     unsafe_load_checkpoint: bool = False
+    # torch backend only (harness.torch in the config; TorchSession): arithmetic, compilation,
+    # uint8 views normalized on the device, videos per call
+    precision: str = "fp32"
+    torch_compile: bool = False
+    uint8_input: bool = False
+    batch: int = 1
     # Set by the Ray runner for clusters of several nodes: the model file's bytes in the object
     # store, for nodes that cannot see ``model_file`` (harness.stages.local_model_file).
     file_sha256: str | None = None
@@ -124,8 +130,11 @@ class ModelSpec:
                    **_from_config(cfg, config))
 
     @classmethod
-    def from_checkpoint(cls, cfg, checkpoint: str | Path, unsafe: bool = False) -> "ModelSpec":
-        """The torch backend: the config's model with the checkpoint's weights."""
+    def from_checkpoint(cls, cfg, checkpoint: str | Path, unsafe: bool = False, *,
+                        precision: str = "fp32", compile: bool = False, uint8_input: bool = False,
+                        batch: int = 1) -> "ModelSpec":
+        """The torch backend: the config's model with the checkpoint's weights, run in
+        ``precision`` (fp32, tf32, fp16, bf16), optionally compiled, ``batch`` videos per call."""
         from harness import config
         from harness.build import sha256_file
 
@@ -135,12 +144,15 @@ class ModelSpec:
         fields = _from_config(cfg, config)
         model_cfg = config.model_section(cfg)
         view_shape = config.clip_geometry(cfg).view_shape()
-        key = json.dumps({"checkpoint": sha256_file(checkpoint), "model": model_cfg,
-                          "view_shape": view_shape, "views": fields["views_per_video"]},
-                         sort_keys=True, default=str)
+        content = {"checkpoint": sha256_file(checkpoint), "model": model_cfg,
+                   "view_shape": view_shape, "views": fields["views_per_video"]}
+        if precision != "fp32" or compile:   # (absent by default: earlier identities stay)
+            content.update(precision=precision, compile=bool(compile))
+        key = json.dumps(content, sort_keys=True, default=str)
         return cls(backend="torch", path=None, identity=hashlib.sha256(key.encode()).hexdigest(),
                    model_cfg=model_cfg, view_shape=view_shape, checkpoint=str(checkpoint),
-                   unsafe_load_checkpoint=unsafe, **fields)
+                   unsafe_load_checkpoint=unsafe, precision=precision, torch_compile=bool(compile),
+                   uint8_input=bool(uint8_input), batch=int(batch), **fields)
 
 
 def _model_file_key(backend: str) -> str:
