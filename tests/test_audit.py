@@ -16,12 +16,6 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from pipeline_support import (
-    run_args,
-    shared_inputs,
-    use_fake_aclruntime,
-    worker_pythonpath,
-)
 
 from harness import audit, results
 from harness.audit import Auditor, audit_indices, audit_summary
@@ -29,6 +23,7 @@ from harness.data.filelist import VideoEntry, stratified_subset
 from harness.progress import Progress
 from harness.run import execute, format_table, main, parse_args
 from harness.stages import VideoResult
+from pipeline_support import run_args, shared_inputs, use_fake_aclruntime, worker_pythonpath
 
 LN2 = math.log(2.0)
 

@@ -8,10 +8,10 @@ import time
 
 import numpy as np
 import pytest
-from pipeline_support import shared_inputs
 
 from harness.backends import ModelSpec
 from harness.stages import InferenceActor, _Batcher
+from pipeline_support import CONFIG, shared_inputs
 
 
 def concurrently(fn, args: list) -> list:
@@ -84,8 +84,6 @@ def inputs(tmp_path_factory):
 
 
 def test_a_batch_4_session_scores_each_video_as_batch_1_does(inputs, tmp_path):
-    from pipeline_support import CONFIG
-
     from harness.build import build_artifact
     from harness.config import load_config
     from harness.data import ViewDecoder
