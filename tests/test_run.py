@@ -259,13 +259,25 @@ def test_ctrl_c_finishes_what_is_in_flight_and_says_how_to_resume(inputs, cluste
 
 
 def test_a_second_ctrl_c_stops_at_once(inputs, cluster, tmp_path):
+    import threading
+
     work = tmp_path / "work"
     _, driver = _driver(inputs, work)
     _wait_for_parts(work, driver, 1)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(driver.stderr), daemon=True)
+    reader.start()
     driver.send_signal(signal.SIGINT)
-    time.sleep(0.3)
+    # the second once the first was acted on (two signals before Python's handler runs count
+    # once), while what was in flight still runs (a fixed sleep raced the tiny model's speed)
+    deadline = time.monotonic() + 30
+    while not any("finishing those in flight" in line for line in list(lines)):
+        assert time.monotonic() < deadline and driver.poll() is None, "".join(lines)[-2000:]
+        time.sleep(0.001)
     driver.send_signal(signal.SIGINT)
-    out, err = driver.communicate(timeout=60)
+    driver.wait(timeout=60)
+    reader.join(10)
+    err = "".join(lines)
     assert driver.returncode == 130 and "stopped. What was recorded" in err, err[-2000:]
     assert results.done_indices(work)                           # what was recorded is on disk
 
