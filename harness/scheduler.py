@@ -33,7 +33,9 @@ workers in tests/test_scheduler.py:
    inference call that outlives its budget gets its actor killed and restarted; the video is
    retried, and recorded ``timeout`` when it timed out on every attempt; the calls queued
    behind it are requeued free at once (their errors may come late, and a restarting actor
-   must not be killed again for the same hang: one kill, one death). A call's
+   must not be killed again for the same hang: one kill, one death). A call whose clip's
+   decoder has died since is not the actor's fault: it most likely waits for the clip from a
+   lost node, so the video is decoded again and the actor kept (rule 5). A call's
    clock starts when the actor could start it (after its previous call), not when it was queued.
 8. **A member that cannot serve is set aside.** An actor whose session cannot open (after a
    restart) is removed from the pool with its error; its videos go elsewhere, and a pool left
@@ -234,6 +236,7 @@ class Pool:
         self.last_done: list[float] = []            # when the member last finished a task
         self.state: list[str] = []                  # "ready", "starting" (probe out) or "dead"
         self.culprit: dict[tuple[int, int], Any] = {}   # (member, incarnation) -> the task it ran
+        self.dead_incarnations: set[tuple[int, int]] = set()   # (member, incarnation) that died
         # (load, member) of members that may take work; entries go stale as loads change and
         # are dropped when met: pick() is O(log members), not a scan of the pool per event
         self._free: list[tuple[int, int]] = []
@@ -296,6 +299,7 @@ class Pool:
         (the member's other tasks of that incarnation are lost with it, not counted again)."""
         if incarnation != self.incarnation[member]:
             return False
+        self.dead_incarnations.add((member, incarnation))
         self.incarnation[member] += 1
         self.deaths[member] += 1
         if self.deaths[member] > self.max_restarts and self.state[member] != "dead":
@@ -560,6 +564,17 @@ class Scheduler:
                 run.stats.decoder_deaths += 1
         self._retry(run, ticket.work, f"its decoded clip was lost ({message})")
 
+    def _clip_probably_lost(self, run: _RunState, ticket: _Ticket, waited: float) -> None:
+        """Rule 7: a call past its budget whose clip was made by a decoder that has died since
+        is most likely waiting for that clip from a lost node (Ray says so only once it has
+        declared the node dead): the decoder is charged, the video retried, the actor kept."""
+        run.stats.views_lost += 1
+        member, _ = ticket.maker
+        log.warning("video %d: no answer from inference actor %d after %.0f s, and decode worker %d"
+                    " that made its clip has died: decoding it again", ticket.work.entry.index,
+                    ticket.member, waited, member)
+        self._retry(run, ticket.work, f"its decoded clip was lost with decode worker {member}")
+
     def _retry(self, run: _RunState, work: _Work, message: str, reason: str = WORKER_DIED) -> None:
         if work.attempts < self.max_retries:
             work.attempts += 1
@@ -689,6 +704,8 @@ class Scheduler:
                     self._set_aside(run, ticket, f"did not answer within {waited:.0f} s of (re)starting")
                 elif pool is self.decoders:
                     self._decode_timed_out(run, ticket, waited)
+                elif ticket.maker in self.decoders.dead_incarnations:
+                    self._clip_probably_lost(run, ticket, waited)
                 else:
                     self._infer_timed_out(run, ticket, waited)
 

@@ -52,9 +52,12 @@ class FakeWorker:
 
     def __init__(self, name: str, latency: float = 1.0, slow=None, broken=(), raises=(),
                  dies_at=None, answers_timeout=(), loses_views=(), session_fails_after=None,
-                 hangs_once=()) -> None:
+                 hangs_once=(), clip_never_arrives=()) -> None:
         self.name, self.latency, self.slow = name, latency, dict(slow or {})
         self.hangs_once = set(hangs_once)
+        # videos whose first call waits forever for its clip (on a node Ray has not yet declared
+        # dead): the call never starts, so it does not hold up the actor's other calls
+        self.clip_never_arrives = set(clip_never_arrives)
         self.broken, self.raises = set(broken), set(raises)
         self.dies_at = dict(dies_at or {})
         self.answers_timeout, self.loses_views = set(answers_timeout), set(loses_views)
@@ -139,6 +142,13 @@ class FakeCalls:
         scores = np.eye(CLASSES, dtype=np.float32)[index % CLASSES]   # the index, recognizable
         out = {"index": index, "scores": scores, "device": actor.name, "node": "n",
                "seconds": actor.latency}
+        if index in actor.clip_never_arrives:
+            actor.clip_never_arrives.discard(index)
+            ref = Ref()
+            self.pending[ref] = (math.inf, actor, out)
+            self.queued[actor.name] = self.queued.get(actor.name, 0) + 1
+            ref.views = views_ref
+            return ref
         if with_logits:
             out["logits"] = np.tile(scores, (2, 1))
         ref = self._start(actor, problem or out, actor.seconds(index))
@@ -407,6 +417,22 @@ def test_a_restart_is_one_death_however_late_the_killed_calls_report():
     one_each(got, 6)
     assert all(got[i][0].status == "ok" for i in range(6))
     assert calls.killed == ["a0"] and stats.infer_timeouts == 1 and stats.actor_deaths == 1
+
+
+def test_a_call_whose_decoder_died_is_decoded_again_and_its_actor_kept():
+    # video 3's clip was made by d0, which then dies (at video 4) before the clip reached a0:
+    # the call waits (Ray reports the loss only once it declares the node dead). Past the
+    # budget that is the decoder's loss, not a hung device: video 3 is decoded again and
+    # scored, and a0 is never restarted.
+    decoder = FakeWorker("d0", 0.2, dies_at={4: 1})
+    actor = FakeWorker("a0", 1.0, clip_never_arrives={3})
+    scheduler, calls = make([decoder], [actor], depth=2, timeouts=Timeouts(infer=20.0))
+    got: dict = {}
+    stats = scheduler.run(entries(8), lambda r: got.setdefault(r.index, []).append(r))
+    one_each(got, 8)
+    assert all(got[i][0].status == "ok" for i in range(8))
+    assert calls.killed == [] and stats.infer_timeouts == 0 and stats.views_lost == 1
+    assert decoder.calls.count(3) == 2 and actor.calls.count(3) == 2
 
 
 def test_a_video_that_hangs_on_every_attempt_is_recorded_timeout():
