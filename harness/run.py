@@ -420,6 +420,8 @@ def evaluate(job: Job, runner, args: argparse.Namespace,
         with interrupts:
             sessions = runner.start(job.spec, job.plan, job.decoder, args.decoders,
                                     job.reference if auditor else None)
+            if auditor is not None and getattr(runner, "reference_error", None):
+                job.reference_what, job.audited, auditor = runner.reference_error, [], None
             url = getattr(runner, "dashboard_url", None)
             if url:
                 print_dashboard(url)

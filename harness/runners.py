@@ -26,6 +26,7 @@ from typing import Callable, Iterable
 from harness.backends import ModelSpec
 from harness.cluster import DevicePlan
 from harness.config import RunOptions
+from harness.errors import HarnessError
 from harness.scheduler import RunStats, Timeouts
 from harness.stages import INFERENCE_FAILED, DecodeWorker, InferenceActor, VideoResult
 
@@ -41,6 +42,7 @@ class LocalRunner:
         self.actors: list[InferenceActor] = []
         self.worker: DecodeWorker | None = None
         self.reference: InferenceActor | None = None
+        self.reference_error: str | None = None     # why the audit's reference did not load
         self.stopping = False
 
     def start(self, spec: ModelSpec, plan: DevicePlan, decoder, decoders: int | None = None,
@@ -48,8 +50,12 @@ class LocalRunner:
         self.actors = [InferenceActor(spec, plan.kind, slot, 1, metrics=False)
                        for slot in range(plan.count)]
         self.worker = DecodeWorker(decoder, metrics=False) if decoder is not None else None
-        if reference is not None:
-            self.reference = InferenceActor(reference, "cpu", 0, 1, metrics=False)
+        if reference is not None:   # a side measurement: the run goes on without it
+            try:
+                self.reference = InferenceActor(reference, "cpu", 0, 1, metrics=False)
+            except Exception as exc:
+                self.reference_error = f"the audit's reference did not load: {exc}"
+                log.warning("audit skipped: %s", self.reference_error)
         return [a.describe() for a in self.actors]
 
     def evaluate(self, entries: Iterable, record: Callable[[VideoResult], None],
@@ -111,6 +117,7 @@ class RayRunner:
         self._clip_bytes: int | None = None
         self._descriptions: list[dict] = []
         self.reference = None
+        self.reference_error: str | None = None     # why the audit's reference did not start
 
     def start(self, spec: ModelSpec, plan: DevicePlan, decoder, decoders: int | None = None,
               reference: ModelSpec | None = None) -> list[dict]:
@@ -126,11 +133,15 @@ class RayRunner:
         spec = cluster.put_model_file(spec)
         self.actors, self.decoders, descriptions = cluster.start_actors(
             spec, plan, decoder, initial, startup_s=self.options.startup_timeout)
-        if reference is not None:
-            self.reference, described = cluster.start_reference(
-                cluster.put_model_file(reference), startup_s=self.options.startup_timeout)
-            log.info("audit: the fp32 reference runs on %s (%s)", described["node"],
-                     described["session_device"])
+        if reference is not None:   # a side measurement: the run goes on without it
+            try:
+                self.reference, described = cluster.start_reference(
+                    cluster.put_model_file(reference), startup_s=self.options.startup_timeout)
+                log.info("audit: the fp32 reference runs on %s (%s)", described["node"],
+                         described["session_device"])
+            except HarnessError as exc:
+                self.reference_error = str(exc)
+                log.warning("audit skipped: %s", exc)
         self._decoder = decoder
         self._descriptions = descriptions
         if decoder is not None and decoder.view_shape is not None:

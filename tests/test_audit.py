@@ -235,3 +235,19 @@ def test_a_subset_run_says_it_is_one(inputs, tmp_path):
                                           "--subset", "4", "--seed", "2", ann=inputs.good_list)))
     assert summary["videos_total"] == 4 and summary["subset"]["videos"] == 4
     assert "subset" in format_table(summary) and "A subset: 4 of" in (tmp_path / "report.html").read_text()
+
+
+def test_a_reference_that_cannot_start_skips_the_audit_not_the_run(inputs, cluster, tmp_path,
+                                                                   monkeypatch):
+    from harness import cluster as cluster_mod
+    from harness.errors import DeviceError
+
+    def cannot(*args, **kwargs):
+        raise DeviceError("the audit's reference actor did not start: Get timed out")
+
+    monkeypatch.setattr(cluster_mod, "start_reference", cannot)
+    summary = execute(parse_args(run_args(inputs, tmp_path, "--npus", "2", "--audit", "4",
+                                          ann=inputs.good_list)))
+    assert summary["videos_ok"] == 8
+    assert summary["audit"] == {"skipped": "the audit's reference actor did not start: Get timed out"}
+    assert "skipped" in format_table(summary)
