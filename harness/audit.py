@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Sequence
@@ -77,22 +76,21 @@ def reference_spec(spec) -> tuple[object | None, str]:
     return spec, f"{spec.backend} fp32 on a CPU, {spec.path}"
 
 
-def recorded_indices(work_dir: str | Path) -> set[int]:
-    """Indices whose audit pair is already in the work dir."""
+def _read(work_dir: str | Path, columns: list[str] | None = None) -> pa.Table:
     directory = Path(work_dir) / AUDIT_DIR
     if not directory.is_dir() or not any(directory.glob("part-*.parquet")):
-        return set()
-    return set(pq.read_table(directory, columns=["index"]).column("index").to_pylist())
+        return SCHEMA.empty_table()
+    return pq.read_table(directory, schema=SCHEMA, columns=columns)
+
+
+def recorded_indices(work_dir: str | Path) -> set[int]:
+    """Indices whose audit pair is already in the work dir."""
+    return set(_read(work_dir, ["index"]).column("index").to_pylist())
 
 
 def read_pairs(work_dir: str | Path) -> list[dict]:
     """Every recorded pair, one per index (the latest)."""
-    directory = Path(work_dir) / AUDIT_DIR
-    if not directory.is_dir() or not any(directory.glob("part-*.parquet")):
-        return []
-    latest = {}
-    for row in pq.read_table(directory, schema=SCHEMA).to_pylist():
-        latest[row["index"]] = row
+    latest = {row["index"]: row for row in _read(work_dir).to_pylist()}
     return [latest[i] for i in sorted(latest)]
 
 
@@ -138,17 +136,14 @@ class Auditor:
                      "device_logits": dev.ravel().tolist(), "reference_logits": ref.ravel().tolist()})
 
     def _write(self, row: dict) -> None:
-        from harness.results import work_dir_error
+        from harness.results import work_dir_error, write_part
 
-        self.directory.mkdir(parents=True, exist_ok=True)
-        final = self.directory / f"part-{row['index']:08d}-{time.time_ns()}.parquet"
-        tmp = self.directory / f".{final.name}.tmp"
         try:
-            pq.write_table(pa.Table.from_pylist([row], schema=SCHEMA), tmp)
-            os.replace(tmp, final)
+            self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise work_dir_error(self.directory.parent, exc) from exc
+        write_part(self.directory / f"part-{row['index']:08d}-{time.time_ns()}.parquet",
+                   pa.Table.from_pylist([row], schema=SCHEMA))
 
 
 def audit_summary(work_dir: str | Path, requested: Sequence[int], reference: str,

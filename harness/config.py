@@ -485,11 +485,12 @@ def evaluation_digest(cfg) -> str:
     import hashlib
     import json
 
+    options = harness_options(cfg)
     content = {"model": model_section(cfg), "pipeline": test_pipeline(cfg),
-               "sampling": harness_options(cfg).sampling,
+               "sampling": options.sampling,
                "normalization": dataclasses.asdict(normalization(cfg)),
                "average_clips": average_clips(cfg)}
-    if harness_options(cfg).seek != "in-order":   # (absent by default: earlier digests stay)
-        content["seek"] = harness_options(cfg).seek
+    if options.seek != "in-order":   # (absent by default: earlier digests stay)
+        content["seek"] = options.seek
     text = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()

@@ -153,6 +153,18 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 # ------------------------------------------------------------------ writing
 
+def write_part(final: Path, table: pa.Table) -> None:
+    """Write one part file of a Parquet dataset in the work dir under a hidden temporary name,
+    then rename it (atomic: readers, which skip names starting with '.', see whole parts only)."""
+    tmp = final.with_name(f".{final.name}.tmp")
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, final)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise work_dir_error(final.parent.parent, exc) from exc
+
+
 class ResultWriter:
     """Appends result rows in batches of part files (at most ``batch_size`` rows or
     ``flush_s`` seconds unwritten)."""
@@ -190,15 +202,8 @@ class ResultWriter:
         self._last = time.monotonic()
         if not self._rows:
             return
-        table = pa.Table.from_pylist(self._rows, schema=SCHEMA)
-        final = self.directory / f"part-{self._next:05d}.parquet"
-        tmp = self.directory / f".{final.name}.tmp"
-        try:
-            pq.write_table(table, tmp)
-            os.replace(tmp, final)  # atomic: readers see whole parts only
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise work_dir_error(self.directory.parent, exc) from exc
+        write_part(self.directory / f"part-{self._next:05d}.parquet",
+                   pa.Table.from_pylist(self._rows, schema=SCHEMA))
         self._next += 1
         self._rows = []
 
