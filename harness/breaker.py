@@ -21,6 +21,9 @@ FIXES = {
     "unreadable container": "the files are not videos FFmpeg can open: a wrong folder or list?",
     "no video stream": "the files hold no video stream: a wrong folder or list?",
     "decode failed": "decoding fails everywhere: check the files, and the decode workers' logs (ray logs)",
+    "storage error": "the object store does not answer or refuses: check the endpoint ($AWS_ENDPOINT_URL or"
+                     " harness.storage.endpoint_url), the credentials on every node, and the store's health",
+    "too large": "the objects are larger than harness.storage.max_video_mb: raise it if they are videos",
     "timeout": "reads do not finish: a stalled network filesystem or object store? (see --decode-timeout)",
     "inference failed": "the model session fails: check the model against the config (views per video,"
                         " input shape) and the actors' logs (ray logs)",

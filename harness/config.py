@@ -415,6 +415,16 @@ class HarnessOptions:
     label_map: str | None = None        # class names file; default: configs/label_map_k400.txt
     torch: TorchOptions = field(default_factory=TorchOptions)
     seek: str = "in-order"              # open-GOP files: 'in-order' (right frames) or 'reference'
+    # harness.data.storage.StorageOptions: object storage for lists and videos
+    storage: Any = field(default_factory=lambda: _storage_options())
+
+
+def _storage_options(section: dict | None = None):
+    from harness.data.storage import StorageOptions   # (harness.data imports this module)
+
+    options = _options(StorageOptions, section or {}, "storage", {})
+    options.check()
+    return options
 
 
 def _options(kind, section: dict, name: str, overrides: dict):
@@ -437,7 +447,7 @@ def harness_options(cfg, run: dict | None = None, torch: dict | None = None,
     unknown = sorted(set(section) - {f.name for f in dataclasses.fields(HarnessOptions)})
     if unknown:
         raise ConfigError(f"config key 'harness.{unknown[0]}' is not a harness option"
-                          f" (known: build, run, torch, sampling, seek, label_map)")
+                          f" (known: build, run, torch, sampling, seek, storage, label_map)")
     build = dict(section.get("build") or {})
     if "atc_extra_args" in build:
         build["atc_extra_args"] = tuple(build["atc_extra_args"])
@@ -475,7 +485,8 @@ def harness_options(cfg, run: dict | None = None, torch: dict | None = None,
         raise ConfigError(f"config key 'harness.seek' is {seek!r}; use 'in-order' or 'reference'"
                           " (docs/decoding.md, \"Open GOP\")")
     return HarnessOptions(build=options, run=run_options, sampling=sampling,
-                          label_map=section.get("label_map"), torch=torch_options, seek=seek)
+                          label_map=section.get("label_map"), torch=torch_options, seek=seek,
+                          storage=_storage_options(section.get("storage")))
 
 
 def evaluation_digest(cfg) -> str:

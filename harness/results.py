@@ -12,7 +12,6 @@ An unwritable work dir is a :class:`WorkDirError` with the fix, never a tracebac
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -37,7 +36,7 @@ RUN_FILE = "run.json"
 SUMMARY_FILE = "summary.json"
 LOCK_FILE = ".lock"
 # Failures a rerun retries (the video may well succeed next time); others are the file's own.
-TRANSIENT = ("worker died", "timeout", "inference failed")
+TRANSIENT = ("worker died", "timeout", "inference failed", "storage error")
 
 
 class WorkDirError(HarnessError):
@@ -97,13 +96,6 @@ class RunIdentity:
     data_prefix: str
     backend: str
     config_digest: str      # harness.config.evaluation_digest: the content, not the path
-
-    @staticmethod
-    def for_list(ann_file: str | Path, entries_count: int, *, artifact_hash: str, data_prefix: str,
-                 backend: str, config_digest: str) -> "RunIdentity":
-        digest = hashlib.sha256(Path(ann_file).read_bytes()).hexdigest()
-        return RunIdentity(artifact_hash, digest, entries_count, str(data_prefix), backend,
-                           config_digest)
 
 
 def prepare_work_dir(work_dir: str | Path, identity: RunIdentity, overwrite: bool = False) -> bool:

@@ -114,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="retries of a video whose worker or actor died (default 2)")
     p.add_argument("--retry-failed", action="store_true",
                    help="on resume, retry every failed video (default: only transient failures:"
-                   " worker died, timeout, inference failed)")
+                   " worker died, timeout, inference failed, storage error)")
     guard = p.add_argument_group("guards of a long run (config: harness.run; docs/running.md)")
     guard.add_argument("--decode-timeout", type=cli.seconds,
                        help="seconds a video may take to decode before it is recorded 'timeout'"
@@ -190,20 +190,20 @@ def prepare(args: argparse.Namespace) -> Job:
         "decode_timeout": args.decode_timeout, "infer_timeout": args.infer_timeout,
         "max_failure_rate": args.max_failure_rate, "wait": args.wait, "audit": args.audit}).run
     plan = device_plan(args)
-    job_entries, ann_file, prefix = [], None, None
+    job_entries, ann_file, prefix, list_sha256 = [], None, None, ""
     if not args.bench_only:  # a bad list fails now, not after a long build
-        ann_file, prefix, job_entries = load_entries(cfg, args)
+        ann_file, prefix, job_entries, list_sha256 = load_entries(cfg, args)
     work = Path(args.work_dir or Path("work_dirs") / config_name(cfg))
     lock = results.lock_work_dir(work)       # before the build: a second driver stops at once
     spec, artifact = resolve_model(cfg, args, plan)
     if args.bench_only:
         return Job(cfg, plan, spec, artifact, work, options=options, lock=lock)
 
-    from harness.data import ViewDecoder
+    from harness.data import ViewDecoder, storage
 
-    identity = results.RunIdentity.for_list(
-        ann_file, len(job_entries), artifact_hash=spec.identity,
-        data_prefix=str(Path(prefix).resolve()), backend=spec.backend,
+    identity = results.RunIdentity(
+        spec.identity, list_sha256, len(job_entries), backend=spec.backend,
+        data_prefix=prefix.rstrip("/") if storage.is_uri(prefix) else str(Path(prefix).resolve()),
         config_digest=evaluation_digest(cfg))
     # after the identity: --limit 100 (or a --subset) then all of it resumes
     subset = None
@@ -303,25 +303,37 @@ def resolve_model(cfg, args, plan: DevicePlan) -> tuple[ModelSpec, dict]:
 
 
 def load_entries(cfg, args):
-    """(ann_file, data_prefix, entries) with the command line's overrides."""
-    from harness.config import model_section, test_annotations
-    from harness.data import read_list
+    """(ann_file, data_prefix, entries, the list's sha256) with the command line's overrides;
+    the list and the videos may be local or in object storage (harness.data.storage)."""
+    import hashlib
+
+    from harness.config import harness_options, model_section, test_annotations
+    from harness.data import storage
+    from harness.data.filelist import parse_list, read_list_bytes
 
     ann_file, prefix = test_annotations(cfg)
     ann_file, prefix = args.ann_file or ann_file, args.data_prefix or prefix
-    if not Path(ann_file).exists():
-        raise ConfigError(f"video list not found: {ann_file} (set data.test.ann_file in the config"
-                          " or pass --ann-file)")
-    entries = read_list(ann_file, prefix, int(model_section(cfg)["cls_head"]["num_classes"]))
+    options = harness_options(cfg).storage.resolved()
+    content = read_list_bytes(ann_file, options)
+    entries = parse_list(content, ann_file, prefix, int(model_section(cfg)["cls_head"]["num_classes"]))
     if not entries:
         raise ConfigError(f"the video list {ann_file} has no videos (one '<path> <label>' a line);"
                           " make one with `python -m harness.data.filelist VIDEO_FOLDER --out LIST`")
-    if not Path(prefix).is_dir():
-        raise ConfigError(f"the video folder {prefix} does not exist here (videos are read as"
+    try:
+        found = storage.kind(prefix, options)
+    except storage.StorageError as exc:   # a store that refuses (credentials) or does not answer
+        raise ConfigError(f"cannot read the video prefix {prefix}: {exc.detail}. Check the"
+                          " endpoint ($AWS_ENDPOINT_URL or harness.storage.endpoint_url), the"
+                          " credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or ~/.aws) and"
+                          " the bucket name (docs/running.md, \"Object storage\")") from None
+    if found != "directory":
+        what = (f"no object exists under the video prefix {prefix} (a wrong bucket or prefix?)"
+                if storage.is_uri(prefix) else f"the video folder {prefix} does not exist here")
+        raise ConfigError(f"{what} (videos are read as"
                           " <data_prefix>/<path in the list>). Fix: --data-prefix or"
                           " data.test.data_prefix; on a cluster, run the driver where the videos"
                           " are mounted (e.g. `ray job submit`, docs/running.md)")
-    return ann_file, prefix, entries
+    return ann_file, prefix, entries, hashlib.sha256(content).hexdigest()
 
 
 # ------------------------------------------------------------------ evaluate

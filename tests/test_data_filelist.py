@@ -89,7 +89,8 @@ def test_build_list_matches_underscores_and_spaces(tree):
 
 
 def test_unknown_class_folder_is_named(tree):
-    (tree / "underwater_basket_weaving").mkdir()
+    (tree / "underwater_basket_weaving").mkdir()   # a folder is seen by its files (as in a bucket)
+    (tree / "underwater_basket_weaving" / "notes.txt").write_bytes(b"")
     with pytest.raises(ListError, match="underwater_basket_weaving"):
         build_list(tree, load_label_map("configs/label_map_k400.txt"))
 
@@ -103,6 +104,7 @@ def test_cli_writes_a_list_read_list_accepts(tree, tmp_path, capsys):
 
 def test_cli_reports_unknown_folder(tree, tmp_path):
     (tree / "not_a_class").mkdir()
+    (tree / "not_a_class" / "v.mp4").write_bytes(b"")
     result = subprocess.run([sys.executable, "-m", "harness.data.filelist", str(tree), "--out",
                              str(tmp_path / "l.txt")], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "not_a_class" in result.stderr

@@ -145,6 +145,16 @@ def test_every_readme_command_runs(tmp_path):
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # this venv's python/ray
     env["HARNESS_CACHE_DIR"] = str(tmp_path / "cache")
     env["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO), env.get("PYTHONPATH")] if p)
+    # The object-storage example: the val folder in a real S3 server (moto) at the README's port.
+    sys.path.insert(0, str(REPO / "tests"))
+    from s3_support import CREDENTIALS, S3Server
+
+    s3 = S3Server().start()
+    s3.upload(ws / "data" / "kinetics400" / "val", "kinetics400", "val")
+    substitutions.update({"http://127.0.0.1:9000": s3.endpoint,
+                          "<access key id>": CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                          "<secret access key>": CREDENTIALS["AWS_SECRET_ACCESS_KEY"]})
+    env["AWS_DEFAULT_REGION"] = CREDENTIALS["AWS_DEFAULT_REGION"]
 
     ran: list[str] = []
     try:
@@ -170,6 +180,7 @@ def test_every_readme_command_runs(tmp_path):
                 assert result.returncode == 0, (command, result.stdout[-3000:], result.stderr[-3000:])
     finally:
         subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
+        s3.stop()
 
     assert any(c.startswith("ray start --head") for c in ran)  # the README's several-hosts part ran
     # What the commands were supposed to produce.
@@ -195,6 +206,10 @@ def test_every_readme_command_runs(tmp_path):
     for index, scores in main_scores.items():
         worst = max(abs(a - b) / abs(a) for a, b in zip(scores, guide_scores[index]))
         assert worst < 1e-5, (index, worst)
+    # From the bucket: the same list, and exactly the scores of the run on the files.
+    remote = json.loads((ws / "work_dirs" / "s3" / "summary.json").read_text())
+    assert remote["videos_total"] == expected["videos"] and remote["failures"] == {"empty": 1}
+    assert _scores(ws / "work_dirs" / "s3") == main_scores
     cpu = json.loads((ws / "work_dirs" / "cpu" / "summary.json").read_text())
     assert cpu["videos_total"] == expected["videos"]
 

@@ -32,9 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from harness.data import frames, transforms
+from harness.data import frames, storage, transforms
 from harness.data.frames import SEEKS
 from harness.data.sampling import SAMPLINGS, frame_indices
+from harness.data.storage import Blob, StorageOptions
 from harness.errors import ConfigError, HarnessError
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,8 @@ log = logging.getLogger(__name__)
 # 340x256 video (0.26 MB a frame) still decodes in one call.
 DECODE_CHUNK_BYTES = 64 * 2**20
 
-REASONS = ("missing", "empty", "unreadable container", "no video stream", "decode failed")
+REASONS = ("missing", "empty", "unreadable container", "no video stream", "decode failed",
+           storage.TOO_LARGE, storage.STORAGE_ERROR)
 
 
 class DecodeError(HarnessError):
@@ -186,7 +188,8 @@ def parse_pipeline(pipeline: list[dict]) -> Plan:
 class ViewDecoder:
     """Callable ``decoder(path) -> uint8 (views, 3, T, H, W)``; picklable plain data."""
 
-    def __init__(self, pipeline: list[dict], sampling: str = "reference", seek: str = "in-order") -> None:
+    def __init__(self, pipeline: list[dict], sampling: str = "reference", seek: str = "in-order",
+                 storage: StorageOptions | None = None) -> None:
         if sampling not in SAMPLINGS:
             raise ConfigError(f"sampling {sampling!r} is not supported; use one of {', '.join(SAMPLINGS)}")
         if seek not in SEEKS:
@@ -194,14 +197,17 @@ class ViewDecoder:
         self.pipeline = [dict(step) for step in pipeline]
         self.sampling = sampling
         self.seek = seek
+        self.storage = storage or StorageOptions()     # for s3:// (etc.) video paths
         self.plan = parse_pipeline(self.pipeline)
         self._local = threading.local()
 
     def __getstate__(self) -> dict:
-        return {"pipeline": self.pipeline, "sampling": self.sampling, "seek": self.seek}
+        return {"pipeline": self.pipeline, "sampling": self.sampling, "seek": self.seek,
+                "storage": self.storage}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["pipeline"], state["sampling"], state.get("seek", "in-order"))
+        self.__init__(state["pipeline"], state["sampling"], state.get("seek", "in-order"),
+                      state.get("storage"))
 
     def _scratch(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         """A per-thread buffer reused across videos of the same shape: fresh 25 MB arrays
@@ -219,7 +225,7 @@ class ViewDecoder:
 
         options = harness_options(cfg)
         return cls(test_pipeline(cfg), sampling=options.sampling,
-                   seek=options.seek)
+                   seek=options.seek, storage=options.storage.resolved())
 
     @property
     def views(self) -> int:
@@ -248,19 +254,22 @@ class ViewDecoder:
     def decode(self, path: str | Path) -> tuple[np.ndarray, dict]:
         """``(views, info)``: info ``{'open_gop': bool}`` says whether the file has an
         open-GOP keyframe, where the reference's seek can return other frames than the
-        default in-order decode (docs/decoding.md)."""
+        default in-order decode (docs/decoding.md). A URI (``s3://...``) is read into memory
+        first (harness.data.storage) and decoded from there, the same way as a file."""
         p = self.plan
         info: dict = {}
-        fast = self._fast_frames(path, info)
+        path = str(path)
+        video = storage.fetch(path, self.storage) if storage.is_uri(path) else path
+        fast = self._fast_frames(video, info)
         if fast is not None:
             return self._views(fast[1], fast[0].reshape(p.num_clips, p.clip_len)), _info(info)
-        reader, path = _open(path, p.num_threads)
+        reader = _open(video, p.num_threads)
         try:
             num_frames = len(reader)
             if num_frames < 1:
                 raise DecodeError(path, "decode failed", "the video stream has no frames")
             if "open_gop" not in info:  # the fast path was not tried or stopped early
-                info["open_gop"] = frames.probe_open_gop(path)
+                info["open_gop"] = frames.probe_open_gop(video)
             inds = self.frame_indices(num_frames)
             unique, rows = np.unique(inds, return_inverse=True)
             indexed = _indexed_frames(reader)
@@ -287,11 +296,11 @@ class ViewDecoder:
             del reader  # closes the file and stops decord's decode thread
         return self._views(resized, rows.reshape(p.num_clips, p.clip_len)), _info(info)
 
-    def _fast_frames(self, path: str | Path, info: dict) -> tuple[np.ndarray, np.ndarray] | None:
+    def _fast_frames(self, video: str | Blob, info: dict) -> tuple[np.ndarray, np.ndarray] | None:
         """``(clip rows, resized unique frames)`` from the PyAV fast path (frames.py), or
         None: decord then decodes the file (odd files, errors, several decode threads, and
         open-GOP files with ``seek='reference'``)."""
-        if self.plan.num_threads != 1 or not os.path.isfile(path):
+        if self.plan.num_threads != 1 or not (isinstance(video, Blob) or os.path.isfile(video)):
             return None
         rows: list[np.ndarray] = []
 
@@ -300,7 +309,7 @@ class ViewDecoder:
             rows.append(inverse)
             return unique
 
-        got = frames.decode_resized(str(path), pick, self._resized_size,
+        got = frames.decode_resized(video, pick, self._resized_size,
                                     lambda shape: self._scratch("resized", shape), self.seek, info)
         return None if got is None else (rows[0], got[1])
 
@@ -417,13 +426,13 @@ def _short(exc: BaseException) -> str:
     return text[-1][:200] if text else type(exc).__name__
 
 
-def _open(path: str | Path, num_threads: int):
-    """A decord VideoReader for ``path``, or DecodeError with the reason."""
+def _open(video: str | Blob, num_threads: int):
+    """A decord VideoReader for a path or a Blob, or DecodeError with the reason."""
     import decord  # imported here so listing/sampling code works without it
 
-    path = str(path)
+    path = storage.name_of(video)
     try:
-        size = os.path.getsize(path)
+        size = len(video.data) if isinstance(video, Blob) else os.path.getsize(path)
     except FileNotFoundError:
         raise DecodeError(path, "missing") from None
     except OSError as exc:
@@ -431,21 +440,22 @@ def _open(path: str | Path, num_threads: int):
     if size == 0:
         raise DecodeError(path, "empty")
     try:
-        # Opened by path: frames are identical to the reference's in-memory read
-        # (docs/decoding.md) and no second copy of the file is held.
-        return decord.VideoReader(path, num_threads=num_threads), path
+        # A file is opened by path: frames are identical to the reference's in-memory read
+        # (docs/decoding.md) and no second copy of the file is held. A Blob is that
+        # in-memory read (decord copies the bytes once more).
+        return decord.VideoReader(storage.source_of(video), num_threads=num_threads)
     except Exception as exc:
-        raise DecodeError(path, _classify(path), _short(exc)) from None
+        raise DecodeError(path, _classify(video), _short(exc)) from None
 
 
-def _classify(path: str) -> str:
+def _classify(video: str | Blob) -> str:
     """Why decord could not open a file: ask FFmpeg (PyAV) for the container's streams."""
     try:
         import av
     except ImportError:
         return "unreadable container"
     try:
-        with av.open(path, metadata_errors="ignore") as container:
+        with av.open(storage.source_of(video), metadata_errors="ignore") as container:
             has_video = any(s.type == "video" for s in container.streams)
     except Exception:
         return "unreadable container"

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.config import LABEL_MAP_K400
+from harness.data import storage
+from harness.data.storage import StorageOptions
 from harness.errors import HarnessError
 
 log = logging.getLogger(__name__)
@@ -51,17 +53,32 @@ class VideoEntry:
     label: int
 
 
-def read_list(ann_file: str | Path, data_prefix: str | Path | None = "",
-              num_classes: int | None = None) -> list[VideoEntry]:
-    """Parse a video list. Errors name ``file:line``; duplicate paths are summarized in one
-    warning (each duplicate stays in the list, as mmaction would evaluate it twice)."""
-    ann_file = Path(ann_file)
+def read_list_bytes(ann_file: str | Path, options: StorageOptions | None = None) -> bytes:
+    """A list's bytes, from a local file or a URI (``s3://bucket/val_list.txt``)."""
     try:
-        text = ann_file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ListError(f"video list not found: {ann_file} (check data.test.ann_file in the config)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ListError(f"cannot read video list {ann_file}: {exc}") from exc
+        return storage.read_bytes(ann_file, options)
+    except storage.StorageError as exc:
+        if exc.reason == storage.MISSING:
+            raise ListError(f"video list not found: {ann_file} (check data.test.ann_file in the"
+                            " config)") from None
+        raise ListError(f"cannot read video list {ann_file}: {exc.detail}") from None
+
+
+def read_list(ann_file: str | Path, data_prefix: str | Path | None = "",
+              num_classes: int | None = None, options: StorageOptions | None = None) -> list[VideoEntry]:
+    """Read and parse a video list (a local file or a URI): :func:`parse_list`."""
+    return parse_list(read_list_bytes(ann_file, options), ann_file, data_prefix, num_classes)
+
+
+def parse_list(content: bytes, ann_file: str | Path, data_prefix: str | Path | None = "",
+               num_classes: int | None = None) -> list[VideoEntry]:
+    """Parse a video list's bytes. Errors name ``file:line``; duplicate paths are summarized in
+    one warning (each duplicate stays in the list, as mmaction would evaluate it twice).
+    Paths are ``data_prefix`` joined with the list's (a folder or a URI prefix)."""
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ListError(f"cannot read video list {ann_file}: {exc}") from None
     entries: list[VideoEntry] = []
     first_line: dict[str, int] = {}
     duplicates: list[str] = []
@@ -81,7 +98,7 @@ def read_list(ann_file: str | Path, data_prefix: str | Path | None = "",
         if label < 0 or (num_classes is not None and label >= num_classes):
             upper = f"{num_classes - 1}" if num_classes is not None else "any"
             raise ListError(f"{where}: label {label} is out of range (0..{upper})")
-        path = os.path.join(str(data_prefix), rel) if data_prefix else rel
+        path = storage.join(str(data_prefix), rel) if data_prefix else rel
         if path in first_line:
             duplicates.append(f"line {lineno} repeats line {first_line[path]} ({rel})")
         else:
@@ -118,31 +135,43 @@ def _class_key(name: str) -> str:
     return name.replace("_", " ").strip()
 
 
-def build_list(root: str | Path, label_map: list[str]) -> list[tuple[str, int]]:
-    """``(relative path, label)`` for every video under ``root/<class folder>/``, sorted.
+def _is_video(name: str) -> bool:
+    return name.lower().endswith(VIDEO_EXTENSIONS) and not name.startswith(".")
+
+
+def _list_tree(root: str, options: StorageOptions | None) -> list[str]:
+    """Every file under ``root`` (a folder or a URI prefix), relative; ListError if none."""
+    try:
+        if storage.kind(root, options) != "directory":
+            raise ListError(f"video folder not found: {root}")
+        return storage.list_files(root, options)
+    except storage.StorageError as exc:
+        raise ListError(f"cannot list {root}: {exc.detail or exc.reason}") from None
+
+
+def build_list(root: str | Path, label_map: list[str],
+               options: StorageOptions | None = None) -> list[tuple[str, int]]:
+    """``(relative path, label)`` for every video under ``root/<class folder>/``, sorted;
+    ``root`` is a folder or a URI prefix (``s3://bucket/kinetics400/val``).
 
     Folder names match class names with underscores read as spaces; an unknown folder
     is an error naming it.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise ListError(f"video folder not found: {root}")
     index = {_class_key(name): i for i, name in enumerate(label_map)}
     rows: list[tuple[str, int]] = []
-    unknown = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        label = index.get(_class_key(folder.name))
+    unknown: set[str] = set()
+    for rel in _list_tree(str(root), options):
+        folder, _, rest = rel.partition("/")
+        if not rest:
+            continue   # files at the top are not the list's
+        label = index.get(_class_key(folder))
         if label is None:
-            unknown.append(folder.name)
-            continue
-        for dirpath, _, files in os.walk(folder):
-            for name in files:
-                if name.lower().endswith(VIDEO_EXTENSIONS) and not name.startswith("."):
-                    rel = Path(dirpath, name).relative_to(root).as_posix()
-                    rows.append((rel, label))
+            unknown.add(folder)
+        elif _is_video(rel.rsplit("/", 1)[-1]):
+            rows.append((rel, label))
     if unknown:
-        raise ListError(f"{root}: folder(s) {', '.join(repr(u) for u in unknown)} match no class"
-                        " in the label map (rename them or pass --label-map)")
+        raise ListError(f"{root}: folder(s) {', '.join(repr(u) for u in sorted(unknown))} match no"
+                        " class in the label map (rename them or pass --label-map)")
     by_label: dict[int, int] = defaultdict(int)
     for _, label in rows:
         by_label[label] += 1
@@ -170,32 +199,31 @@ class KineticsList:
     total: int
 
 
-def _video_names(folder: Path) -> dict[str, str]:
-    """``stem -> file name`` for the videos in ``folder`` (first of VIDEO_EXTENSIONS wins)."""
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return {}
-    found: dict[str, str] = {}
+def _video_names(files: list[str]) -> dict[str, dict[str, str]]:
+    """``folder -> {stem: file name}`` for the videos directly in each folder ('' the root)
+    of a tree's relative paths (first of VIDEO_EXTENSIONS wins)."""
     rank = {ext: i for i, ext in enumerate(VIDEO_EXTENSIONS)}
-    for name in sorted(names, key=lambda n: (rank.get(os.path.splitext(n)[1].lower(), 99), n)):
+    found: dict[str, dict[str, str]] = defaultdict(dict)
+    split = [rel.rsplit("/", 1) if "/" in rel else ["", rel] for rel in files]
+    for folder, name in sorted(split, key=lambda f: (rank.get(os.path.splitext(f[1])[1].lower(), 99), f[1])):
         stem, ext = os.path.splitext(name)
-        if ext.lower() in rank and not name.startswith(".") and stem not in found:
-            found[stem] = name
+        if ext.lower() in rank and not name.startswith(".") and "/" not in folder:
+            found[folder].setdefault(stem, name)
     return found
 
 
-def kinetics_list(csv_file: str | Path, root: str | Path, label_map: list[str]) -> KineticsList:
-    """The list for an official Kinetics annotation CSV and the videos under ``root``."""
-    csv_file, root = Path(csv_file), Path(root)
+def kinetics_list(csv_file: str | Path, root: str | Path, label_map: list[str],
+                  options: StorageOptions | None = None) -> KineticsList:
+    """The list for an official Kinetics annotation CSV and the videos under ``root`` (a
+    folder or a URI prefix)."""
+    csv_file = Path(csv_file)
     try:
         lines = csv_file.read_text(encoding="utf-8-sig").splitlines()
     except FileNotFoundError:
         raise ListError(f"Kinetics CSV not found: {csv_file}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ListError(f"cannot read Kinetics CSV {csv_file}: {exc}") from exc
-    if not root.is_dir():
-        raise ListError(f"video folder not found: {root}")
+    names = _video_names(_list_tree(str(root), options))
     if not lines:
         raise ListError(f"{csv_file}: empty (expected a header {','.join(KINETICS_COLUMNS)})")
     header = [h.strip() for h in next(csv.reader([lines[0]]))]
@@ -230,24 +258,17 @@ def kinetics_list(csv_file: str | Path, root: str | Path, label_map: list[str]) 
         entries.append((lineno, raw, text, label, stem))
 
     # Layout: class folders if any folder under root is named after a class of the CSV.
-    folders = {p.name for p in root.iterdir() if p.is_dir()}
+    folders = {rel.split("/", 1)[0] for rel in names if rel}
     per_label: dict[str, list[str]] = {}
     for _, _, text, _, _ in entries:
         if text not in per_label:
             per_label[text] = [v for v in _folder_variants(text) if v in folders]
     layout = "class folders" if any(per_label.values()) else "flat"
-    listings: dict[str, dict[str, str]] = {}
-
-    def listing(folder: str) -> dict[str, str]:
-        if folder not in listings:
-            listings[folder] = _video_names(root / folder if folder else root)
-        return listings[folder]
-
     rows: list[tuple[str, int]] = []
     missing: list[str] = []
     for _, raw, text, label, stem in entries:
         where = per_label[text] if layout == "class folders" else [""]
-        hit = next(((f, listing(f)[stem]) for f in where if stem in listing(f)), None)
+        hit = next(((f, names[f][stem]) for f in where if stem in names.get(f, {})), None)
         if hit is None:
             missing.append(raw)
         else:
@@ -262,8 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.data.filelist",
                                      description="Write an mmaction video list for a class-folder tree"
                                      " or an official Kinetics annotation CSV.")
-    parser.add_argument("root", help="folder holding one sub-folder per class (with --kinetics-csv:"
-                        " the videos, in class folders or all in this folder)")
+    parser.add_argument("root", help="folder, or object-storage prefix (s3://bucket/prefix), holding"
+                        " one sub-folder per class (with --kinetics-csv: the videos, in class"
+                        " folders or all in this folder)")
     parser.add_argument("--out", required=True, help="list file to write")
     parser.add_argument("--kinetics-csv", metavar="CSV", default=None,
                         help="official Kinetics annotations (label,youtube_id,time_start,time_end,"
@@ -274,10 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         label_map = load_label_map(args.label_map)
+        options = StorageOptions().resolved()   # endpoint, region: $AWS_ENDPOINT_URL, $AWS_REGION
         if args.kinetics_csv is None:
-            rows, kinetics = build_list(args.root, label_map), None
+            rows, kinetics = build_list(args.root, label_map, options), None
         else:
-            kinetics = kinetics_list(args.kinetics_csv, args.root, label_map)
+            kinetics = kinetics_list(args.kinetics_csv, args.root, label_map, options)
             rows = kinetics.rows
     except ListError as exc:
         print(f"error: {exc}", file=sys.stderr)

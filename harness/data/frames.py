@@ -29,6 +29,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from harness.data.storage import Blob, name_of, source_of
+
 log = logging.getLogger(__name__)
 
 
@@ -39,11 +41,12 @@ class _Unusual(Exception):
 SEEKS = ("in-order", "reference")
 
 
-def decode_resized(path: str, pick: Callable[[int], np.ndarray],
+def decode_resized(video: str | Blob, pick: Callable[[int], np.ndarray],
                    size_of: Callable[[int, int], tuple[int, int]],
                    buffer: Callable[[tuple[int, ...]], np.ndarray], seek: str = "in-order",
                    info: dict | None = None) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(unique, frames)``: the sorted unique frame indices ``pick(num_frames)`` returns
+    """``video``: a path, or a Blob read from object storage (decoded from memory).
+    ``(unique, frames)``: the sorted unique frame indices ``pick(num_frames)`` returns
     and those frames, RGB, resized to ``size_of(w, h)`` in ``buffer(shape)``; or None
     when the file should go to decord. ``info['open_gop']`` is set once the packets are
     indexed; with ``seek='reference'`` an open-GOP file goes to decord (returns None)."""
@@ -51,10 +54,10 @@ def decode_resized(path: str, pick: Callable[[int], np.ndarray],
     try:
         import av
 
-        with av.open(path, metadata_errors="ignore") as container:
+        with av.open(source_of(video), metadata_errors="ignore") as container:
             return _decode(container, pick, size_of, buffer, seek, info)
     except Exception as exc:  # _Unusual, FFmpeg errors: decord decides (and names the error)
-        log.debug("%s: decoding with decord (%s)", path, exc)
+        log.debug("%s: decoding with decord (%s)", name_of(video), exc)
         return None
 
 
@@ -131,13 +134,13 @@ def _open_gop(packets, rank: np.ndarray) -> bool:
     return bool(np.any(rank[keys] != keys))
 
 
-def probe_open_gop(path: str) -> bool | None:
+def probe_open_gop(video: str | Blob) -> bool | None:
     """Whether the file has an open-GOP keyframe (packets only, no decoding); None when
     FFmpeg cannot index it the way the fast path does."""
     try:
         import av
 
-        with av.open(path, metadata_errors="ignore") as container:
+        with av.open(source_of(video), metadata_errors="ignore") as container:
             stream = container.streams.best("video")
             if stream is None:
                 return None
