@@ -70,6 +70,10 @@ def reference_spec(spec) -> tuple[object | None, str]:
             return ModelSpec.from_artifact(directory, "onnxruntime"), f"onnxruntime fp32 on {directory}'s ONNX"
         except Exception as exc:  # a build made without its ONNX kept
             return None, f"the artifact has no ONNX to compare against ({exc})"
+    if spec.backend == "onnxruntime" and spec.precision != "fp32" and spec.manifest_path:
+        directory = Path(spec.manifest_path).parent    # the build's float16 ONNX: its fp32 twin
+        return (ModelSpec.from_artifact(directory, "onnxruntime", fp32=True),
+                f"onnxruntime fp32 on {directory}'s fp32 ONNX")
     if spec.backend == "torch":   # the same checkpoint, plainly: fp32, eager, batch 1
         reference = dataclasses.replace(spec, precision="fp32", torch_compile=False, batch=1)
         return reference, f"torch fp32 on a CPU, {spec.checkpoint}"

@@ -44,6 +44,10 @@ log = logging.getLogger("harness.build")   # not __name__: "__main__" under -m
 
 MANIFEST = "manifest.json"
 ONNX_FILE = "model.onnx"
+ONNX_FP16_FILE = "model_fp16.onnx"
+# The float16 ONNX may differ from the fp32 PyTorch model by this much in any class probability
+# of any view (softmax of the logits), on the verification input; else the build fails.
+FP16_PROB_TOLERANCE = 0.01
 OM_FILE = "model.om"
 ATC_LOG = "atc.log"
 INPUT_NAME = "video"
@@ -295,6 +299,8 @@ def _plan(cfg, checkpoint, atc, overrides) -> _Plan:
     build_opts = dataclasses.asdict(options)
     build_opts["views_per_call"] = per_call
     build_opts["atc_extra_args"] = list(options.atc_extra_args)
+    if options.onnx_precision == "fp32":   # (absent by default: earlier artifacts keep their hash)
+        del build_opts["onnx_precision"]
     precision_files = {name: _precision_file(name, getattr(options, name)) for name in _PRECISION_FILES}
     given = [name for name in _ATC_PRECISION if getattr(options, name) is not None]
     for name in _ATC_PRECISION:
@@ -573,6 +579,31 @@ def _verify(path: Path, reference, x_np) -> float:
     return diff
 
 
+def _float16_onnx(onnx_path: Path, out: Path, reference, x_np) -> dict:
+    """The float16 ONNX (onnx_passes.to_float16) next to the fp32 one, verified against the fp32
+    PyTorch logits on class probabilities (per view): BuildError above FP16_PROB_TOLERANCE."""
+    import numpy as np
+
+    from harness import onnx_passes
+
+    kept = onnx_passes.to_float16(onnx_path, out)
+    got = _onnxruntime_logits(out, x_np)
+
+    def probabilities(logits):
+        z = logits.astype(np.float64)
+        z = np.exp(z - z.max(axis=-1, keepdims=True))
+        return z / z.sum(axis=-1, keepdims=True)
+
+    diff = float(np.max(np.abs(probabilities(got) - probabilities(reference))))
+    if not diff <= FP16_PROB_TOLERANCE:     # also catches NaN (float16 overflow)
+        raise BuildError(f"verification failed: the float16 ONNX's class probabilities differ from"
+                         f" PyTorch's fp32 by {diff:.3g} (tolerance {FP16_PROB_TOLERANCE}); build with"
+                         " onnx_precision fp32 for this model")
+    log.info("float16 ONNX verified: max |Δprob| %.2g vs fp32 PyTorch (tolerance %g)", diff,
+             FP16_PROB_TOLERANCE)
+    return {"max_prob_diff": diff, "tolerance": FP16_PROB_TOLERANCE, "kept_fp32": kept}
+
+
 def _atc_argv(plan: _Plan, onnx_path: Path, out_stem: Path) -> list[str]:
     o = plan.options
     argv = [plan.atc, "--framework=5", f"--model={onnx_path}", f"--output={out_stem}",
@@ -652,6 +683,12 @@ def _build_into(tmp: Path, plan: _Plan, unsafe_load_checkpoint: bool) -> dict:
     diff = _verify(onnx_path, reference, x_np)
     timings["verify"] = time.perf_counter() - t0
 
+    fp16 = None
+    if plan.options.onnx_precision == "fp16":
+        t0 = time.perf_counter()
+        fp16 = _float16_onnx(onnx_path, tmp / ONNX_FP16_FILE, reference, x_np)
+        timings["fp16"] = time.perf_counter() - t0
+
     om = None
     if plan.atc:
         t0 = time.perf_counter()
@@ -672,6 +709,7 @@ def _build_into(tmp: Path, plan: _Plan, unsafe_load_checkpoint: bool) -> dict:
         "num_classes": plan.num_classes,
         "average_clips": plan.average_clips,
         "onnx": ONNX_FILE,
+        "onnx_fp16": ONNX_FP16_FILE if fp16 else None,
         "om": om,
         "soc_version": plan.options.soc_version if om else None,
         "precision": _precision_summary(plan.options, om),
@@ -680,7 +718,8 @@ def _build_into(tmp: Path, plan: _Plan, unsafe_load_checkpoint: bool) -> dict:
         "tool_versions": {**plan.key["tools"], **({"atc": plan.atc_version} if om else {})},
         "build_options": _manifest_build_options(plan),
         "graph": graph,
-        "verification": {"max_abs_diff": diff, "tolerance": TOLERANCE},
+        "verification": {"max_abs_diff": diff, "tolerance": TOLERANCE,
+                         **({"fp16": fp16} if fp16 else {})},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "torch_threads": torch.get_num_threads(),
     }

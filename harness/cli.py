@@ -54,6 +54,10 @@ BUILD_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
                          help="views per call; must divide the views per video (12 for Swin-S);"
                          " 4 builds full-size Swin-S in about 5 GB instead of 12 (default: all)")),
     "--opset": ("opset", dict(type=int_at_least(11), help="ONNX opset, 11 to 20 (default 17)")),
+    "--onnx-precision": ("onnx_precision", dict(choices=("fp32", "fp16"), help="fp16: also a float16"
+                         " ONNX (LayerNorm, Softmax and reductions kept float32) for onnxruntime,"
+                         " verified on class probabilities; the .om is made from the fp32 ONNX"
+                         " (default fp32)")),
     "--soc-version": ("soc_version", dict(help="the chip the .om is compiled for, as `npu-smi"
                       " info` names it with the Ascend prefix (default Ascend310P3)")),
     "--precision-mode": ("precision_mode", dict(metavar="MODE", help="ATC --precision_mode: force_fp32,"

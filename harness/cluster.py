@@ -228,20 +228,22 @@ def _unique_name(name: str) -> str:
     return f"{name}#{os.getpid()}-{time.monotonic_ns() % 100000}"
 
 
-def start_decoder(decoder, number: int, metrics: bool = True, max_restarts: int = 3):
-    """Decode worker ``decode<number>`` (one CPU, spread over the nodes); not waited for."""
+def start_decoder(decoder, number: int, metrics: bool = True, max_restarts: int = 3, calls: int = 1):
+    """Decode worker ``decode<number>`` (one CPU, spread over the nodes); not waited for.
+    ``calls`` > 1: a threaded actor taking that many calls at once (stages.READ_AHEAD)."""
     import ray
 
     return (ray.remote(DecodeWorker)
             .options(num_cpus=1, max_restarts=max_restarts, max_task_retries=0,
                      scheduling_strategy="SPREAD", name=_unique_name(f"decode{number}"),
-                     runtime_env={"env_vars": _thread_env(1)})
+                     runtime_env={"env_vars": _thread_env(1)},
+                     **({"max_concurrency": calls} if calls > 1 else {}))
             .remote(decoder, 1, metrics))
 
 
 def start_actors(spec: ModelSpec, plan: DevicePlan, decoder, num_decoders: int,
                  threads: int = 1, max_restarts: int = 3, metrics: bool = True,
-                 startup_s: float = 900.0) -> tuple[list, list, list[dict]]:
+                 startup_s: float = 900.0, decoder_calls: int = 1) -> tuple[list, list, list[dict]]:
     """Create the inference actors (one per device) and decode workers; wait until loaded.
 
     Returns ``(actors, decoders, descriptions)``; a session that fails to load raises
@@ -264,7 +266,7 @@ def start_actors(spec: ModelSpec, plan: DevicePlan, decoder, num_decoders: int,
         else:
             options["name"] = _unique_name(f"infer-{plan.kind}{k}")
         actors.append(remote_actor.options(**options).remote(spec, plan.kind, k, threads, metrics))
-    decoders = [start_decoder(decoder, k, metrics, max_restarts) for k in range(num_decoders)]
+    decoders = [start_decoder(decoder, k, metrics, max_restarts, decoder_calls) for k in range(num_decoders)]
     try:
         descriptions = ray.get([a.describe.remote() for a in actors], timeout=startup_s)
         ray.get([d.probe.remote() for d in decoders], timeout=startup_s)

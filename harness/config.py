@@ -327,6 +327,7 @@ class BuildOptions:
     views_per_call: int | None = None   # None: all of a video's views in one call
     opset: int = 17
     soc_version: str = "Ascend310P3"
+    onnx_precision: str = "fp32"        # 'fp16': also a float16 ONNX for onnxruntime (GPUs), verified
     precision_mode: str | None = None   # ATC --precision_mode (None: ATC's default, force_fp16)
     precision_mode_v2: str | None = None  # ATC --precision_mode_v2 (newer CANN; not with precision_mode)
     op_precision_mode: str | None = None  # ATC --op_precision_mode (path to an .ini)
@@ -456,6 +457,9 @@ def harness_options(cfg, run: dict | None = None, torch: dict | None = None,
         raise ConfigError(f"config key 'harness.build.input_dtype' is {options.input_dtype!r};"
                           " use 'uint8' or 'float32'")
     _check_precision_options(options)
+    if options.onnx_precision not in ("fp32", "fp16"):
+        raise ConfigError(f"config key 'harness.build.onnx_precision' is {options.onnx_precision!r};"
+                          " use 'fp32' or 'fp16'")
     run_options = _options(RunOptions, section.get("run") or {}, "run", run or {})
     for key in ("decode_timeout", "infer_timeout", "startup_timeout", "wait", "audit_timeout"):
         value = getattr(run_options, key)

@@ -26,6 +26,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+# Kept in float32 by :func:`to_float16`: normalizations, softmax and reductions accumulate over
+# many values (float16's 11-bit mantissa loses them), exp/pow/sqrt/erf overflow or lose range.
+FLOAT32_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "Pow", "Sqrt", "Erf", "Exp")
+
 EXPORT_OPSET = 18     # the lowest opset the dynamo exporter writes without its own conversion
 
 
@@ -172,3 +176,17 @@ def convert_opset(model: onnx.ModelProto, target: int) -> tuple[onnx.ModelProto,
                 raise ValueError(f"op {node.op_type} needs opset {schema.since_version}")
     onnx.checker.check_model(model, full_check=True)
     return model, passes
+
+
+def to_float16(source, target) -> list[str]:
+    """Write ``source``'s graph with float16 weights and activations to ``target``, the ops of
+    :data:`FLOAT32_OPS` kept in float32 (casts around them) and the inputs and outputs as they
+    were (uint8 or float32 in, float32 logits out). Returns the kept op types present."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(source))
+    present = sorted({n.op_type for n in model.graph.node} & set(FLOAT32_OPS))
+    converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(FLOAT32_OPS))
+    onnx.save(converted, str(target))
+    return present
+

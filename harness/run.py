@@ -232,6 +232,14 @@ def prepare(args: argparse.Namespace) -> Job:
                ann_file, prefix, options, lock, subset, audited, reference, reference_what)
 
 
+def decoder_calls(data_prefix: str | None) -> int:
+    """Calls a decode worker holds at once: READ_AHEAD when videos come from object storage."""
+    from harness.data import storage
+    from harness.stages import READ_AHEAD
+
+    return READ_AHEAD if data_prefix and storage.is_uri(data_prefix) else 1
+
+
 def plan_audit(options, spec: ModelSpec, plan: DevicePlan, entries: list):
     """(the audited entries, the reference's ModelSpec, what it is) for ``--audit``."""
     from harness import audit
@@ -431,7 +439,8 @@ def evaluate(job: Job, runner, args: argparse.Namespace,
     try:
         with interrupts:
             sessions = runner.start(job.spec, job.plan, job.decoder, args.decoders,
-                                    job.reference if auditor else None)
+                                    job.reference if auditor else None,
+                                    decoder_calls=decoder_calls(job.data_prefix))
             if auditor is not None and getattr(runner, "reference_error", None):
                 job.reference_what, job.audited, auditor = runner.reference_error, [], None
             url = getattr(runner, "dashboard_url", None)

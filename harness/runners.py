@@ -46,7 +46,7 @@ class LocalRunner:
         self.stopping = False
 
     def start(self, spec: ModelSpec, plan: DevicePlan, decoder, decoders: int | None = None,
-              reference: ModelSpec | None = None) -> list[dict]:
+              reference: ModelSpec | None = None, decoder_calls: int = 1) -> list[dict]:
         self.actors = [InferenceActor(spec, plan.kind, slot, 1, metrics=False)
                        for slot in range(plan.count)]
         self.worker = DecodeWorker(decoder, metrics=False) if decoder is not None else None
@@ -113,6 +113,7 @@ class RayRunner:
         self.dashboard_url: str | None = None
         self.scheduler = None
         self._decoder = None
+        self._decoder_calls = 1
         self._max_decoders = 0
         self._clip_bytes: int | None = None
         self._descriptions: list[dict] = []
@@ -120,7 +121,9 @@ class RayRunner:
         self.reference_error: str | None = None     # why the audit's reference did not start
 
     def start(self, spec: ModelSpec, plan: DevicePlan, decoder, decoders: int | None = None,
-              reference: ModelSpec | None = None) -> list[dict]:
+              reference: ModelSpec | None = None, decoder_calls: int = 1) -> list[dict]:
+        """``decoder_calls``: calls each decode worker holds at once (stages.READ_AHEAD for
+        videos in object storage)."""
         from harness import cluster
 
         others = int(reference is not None)      # the audit's reference actor takes a CPU
@@ -132,7 +135,9 @@ class RayRunner:
             initial = self._max_decoders = 0
         spec = cluster.put_model_file(spec)
         self.actors, self.decoders, descriptions = cluster.start_actors(
-            spec, plan, decoder, initial, startup_s=self.options.startup_timeout)
+            spec, plan, decoder, initial, startup_s=self.options.startup_timeout,
+            decoder_calls=decoder_calls)
+        self._decoder_calls = decoder_calls
         if reference is not None:   # a side measurement: the run goes on without it
             try:
                 self.reference, described = cluster.start_reference(
@@ -167,7 +172,9 @@ class RayRunner:
             buffer_bytes=int(BUFFER_SHARE * store) if store else None,
             timeouts=Timeouts(decode=o.decode_timeout, infer=o.infer_timeout, startup=o.startup_timeout,
                               reference=o.audit_timeout),
-            calls=RayCalls(new_decoder=lambda: cluster.start_decoder(self._decoder, next(numbers))),
+            calls=RayCalls(new_decoder=lambda: cluster.start_decoder(self._decoder, next(numbers),
+                                                                     calls=self._decoder_calls)),
+            decoder_depth=self._decoder_calls,
             videos_per_call=[min(d.get("videos_per_call", 1), cluster.MAX_CALLS_PER_ACTOR // 2)
                              for d in self._descriptions],
             audit=(Audit(self.reference, frozenset(audit[0]), audit[1])

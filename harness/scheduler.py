@@ -8,12 +8,13 @@ workers in tests/test_scheduler.py:
 1. **Pull, never split.** Entries are taken from the iterator one at a time, only when a
    decode worker is idle and the decoded-clip buffer has room; retried videos go first.
 2. **Bounded memory.** At most ``buffer`` videos are decoding or decoded and waiting for an
-   actor (``max(videos per call summed over the actors, decoders)``, and at most
+   actor (``max(videos per call summed over the actors, decoders x their depth)``, and at most
    ``buffer_bytes`` of clips), and at most ``depth`` x its videos per call are queued at each
    inference actor (an actor that batches B videos per call gets 2B: one batch running, the
    next one gathering): the object store's working set is bounded whatever the list's length.
 3. **Least busy first.** A decoded clip goes to the live actor with the fewest queued videos
-   (the lowest index on ties); a decode goes to the first idle live worker.
+   (the lowest index on ties); a decode goes to the least busy live worker below its depth
+   (1, or stages.READ_AHEAD for videos in object storage: the next read overlaps a decode).
 4. **A broken video is recorded, not retried.** A decode worker's failure record keeps its
    reason (``timeout`` when the worker gave up on a read); an exception inside a decode is
    ``decode failed``, inside inference ``inference failed`` (the same input fails the same way).
@@ -361,8 +362,8 @@ class Scheduler:
                  clip_bytes: int | None = None, max_decoders: int | None = None,
                  timeouts: Timeouts = Timeouts(), metrics: bool = True,
                  calls: RayCalls | None = None, audit: Audit | None = None,
-                 videos_per_call: list[int] | None = None) -> None:
-        self.decoders = Pool("decode worker", decoders, 1, max_restarts)
+                 videos_per_call: list[int] | None = None, decoder_depth: int = 1) -> None:
+        self.decoders = Pool("decode worker", decoders, decoder_depth, max_restarts)
         self.videos_per_call = videos_per_call or [1] * len(actors)
         self.actors = Pool("inference actor", actors, depth, max_restarts,
                            [depth * b for b in self.videos_per_call])
@@ -381,7 +382,8 @@ class Scheduler:
     @property
     def buffer(self) -> int:
         """Videos decoding or decoded and waiting (rule 2)."""
-        count = self.fixed_buffer or max(sum(self.videos_per_call), self.decoders.usable())
+        count = self.fixed_buffer or max(sum(self.videos_per_call),
+                                         self.decoders.usable() * self.decoders.depth)
         return max(1, min(count, self.byte_cap or count))
 
     def stop(self) -> None:

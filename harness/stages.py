@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from harness.backends import ModelSpec, open_session
+from harness.data.storage import is_uri
 from harness.errors import DeviceError, HarnessError
 from harness.scores import average_views, top_k
 
@@ -43,6 +44,10 @@ WORKER_DIED = "worker died"
 INFERENCE_FAILED = "inference failed"
 TIMEOUT = "timeout"
 ABANDONED_READS_MAX = 3     # a decode worker with this many stuck reads asks to be replaced
+# Decode calls a worker holds when the videos are in object storage: the next video's read
+# overlaps this one's decoding (benchmarks/storage.py: a store 20 ms away costs a third of a
+# worker's rate without it). Local files: 1.
+READ_AHEAD = 2
 
 
 class SessionUnavailable(HarnessError):
@@ -142,6 +147,28 @@ class Metrics:
 
 # ------------------------------------------------------------------ stages
 
+class _Job:
+    """``fn(arg)`` run by some thread; the caller waits for it with a timeout."""
+
+    def __init__(self, fn: Callable[[Any], Any], arg: Any) -> None:
+        self.fn, self.arg, self.done = fn, arg, threading.Event()
+        self.value, self.error = None, None
+
+    def run(self) -> None:
+        try:
+            self.value = self.fn(self.arg)
+        except BaseException as exc:  # handed to the caller
+            self.error = exc
+        self.done.set()
+
+    def result(self, timeout: float) -> Any:
+        if not self.done.wait(timeout):
+            raise TimeoutError
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
 class _Reader:
     """One daemon thread that runs ``fn(path)``; a call that outlives its timeout leaves the
     thread behind (a read stuck in the kernel cannot be interrupted) and is never joined."""
@@ -153,22 +180,19 @@ class _Reader:
 
     def _loop(self) -> None:
         while True:
-            path, box, done = self.jobs.get()
-            try:
-                box["value"] = self.fn(path)
-            except BaseException as exc:  # handed to the caller
-                box["error"] = exc
-            done.set()
+            self.jobs.get().run()
 
     def call(self, path: str, timeout: float) -> Any:
-        box: dict = {}
-        done = threading.Event()
-        self.jobs.put((path, box, done))
-        if not done.wait(timeout):
-            raise TimeoutError
-        if "error" in box:
-            raise box.pop("error")
-        return box.pop("value")
+        job = _Job(self.fn, path)
+        self.jobs.put(job)
+        return job.result(timeout)
+
+
+def _in_thread(fn: Callable[[Any], Any], arg: Any, timeout: float) -> Any:
+    """``fn(arg)`` in a thread of its own, left behind if it outlives ``timeout``."""
+    job = _Job(fn, arg)
+    threading.Thread(target=job.run, daemon=True, name="fetch").start()
+    return job.result(timeout)
 
 
 class DecodeWorker:
@@ -176,6 +200,10 @@ class DecodeWorker:
 
     ``decoder`` is a harness.data ``ViewDecoder`` (or any picklable callable
     ``path -> uint8 (V, 3, T, H, W)``). Never imports torch.
+
+    A ViewDecoder's ``fetch`` (reading an object-storage video into memory) runs outside the
+    decode lock: in a threaded actor (``READ_AHEAD`` calls at once) the next video's read
+    overlaps this one's decoding, and one video decodes at a time (one CPU).
     """
 
     def __init__(self, decoder: Callable[[str], np.ndarray], threads: int = 1,
@@ -188,6 +216,8 @@ class DecodeWorker:
         self.decoder = decoder
         # a ViewDecoder also says how the file was decoded (open GOP); plain callables do not
         self._decode = getattr(decoder, "decode", None) or (lambda path: (decoder(path), {}))
+        self._fetch = getattr(decoder, "fetch", None)
+        self._decoding = threading.Lock()
         self.metrics = Metrics(metrics)
         self.node = node_label()
         self._reader: _Reader | None = None
@@ -200,18 +230,30 @@ class DecodeWorker:
     def decode(self, index: int, path: str, timeout: float | None = None) -> tuple[dict, np.ndarray | None]:
         """``(status, views)``: status has ok, reason, message, seconds, node. With ``timeout``
         the decode runs in this worker's reader thread and a video that takes longer is
-        answered ``timeout`` (``replace_me`` once several reads hang: a fresh process then)."""
+        answered ``timeout`` (``replace_me`` once several reads hang: a fresh process then).
+        The timeout covers the fetch and the decode, not the wait for another call's decode;
+        ``seconds`` leaves that wait out too."""
         start = time.perf_counter()
+        waited = 0.0
         try:
-            if timeout is None:
-                views, info = self._decode(path)
-            else:
-                if self._reader is None:
-                    self._reader = _Reader(self._decode)
-                views, info = self._reader.call(path, timeout)
-            views = np.ascontiguousarray(views, dtype=np.uint8)
+            video = path
+            if self._fetch is not None and is_uri(path):
+                video = self._fetch(path) if timeout is None else _in_thread(self._fetch, path, timeout)
+            fetched = time.perf_counter()
+            with self._decoding:
+                waited = time.perf_counter() - fetched
+                if timeout is None:
+                    views, info = self._decode(video)
+                else:
+                    if self._reader is None:
+                        self._reader = _Reader(self._decode)
+                    try:
+                        views, info = self._reader.call(video, max(0.0, timeout - (fetched - start)))
+                    except TimeoutError:
+                        self._reader = None   # abandoned with its stuck read; the next call gets a new one
+                        raise
+                views = np.ascontiguousarray(views, dtype=np.uint8)
         except TimeoutError:
-            self._reader = None          # abandoned with its stuck read; the next call gets a new one
             self.abandoned += 1
             self.metrics.failed("decode")
             return ({"ok": False, "reason": TIMEOUT, "node": self.node,
@@ -226,7 +268,7 @@ class DecodeWorker:
             self.metrics.failed("decode")
             return ({"ok": False, "reason": "decode failed",
                      "message": f"{path}: {type(exc).__name__}: {exc}", "node": self.node}, None)
-        seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start - waited
         self.metrics.observe("harness_decode_seconds", "seconds to decode one video", "decode", seconds)
         return ({"ok": True, "seconds": seconds, "node": self.node, "shape": views.shape,
                  "open_gop": bool(info.get("open_gop"))}, views)

@@ -40,6 +40,9 @@ def test_onnxruntime_session_reports_the_models_input(inputs):
     assert session.device == "cpu"
     x = np.zeros(session.input_shape, np.uint8)
     assert session.run(x).shape == tuple(manifest["output"]["shape"])
+    # a CPU session plans no memory pattern: 0.59x the peak at the same speed (full size,
+    # docs/performance.md "onnxruntime sessions on a CPU")
+    assert session._session.get_session_options().enable_mem_pattern is False
 
 
 def test_om_session_through_fake_aclruntime_matches_onnxruntime(inputs, views):

@@ -19,15 +19,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from pipeline_support import BROKEN, CONFIG, REPO, shared_inputs
-from s3_support import CREDENTIALS, S3Server, free_port
-from test_open_gop import OPEN_GOP, encode
 
 from harness import config as harness_config
 from harness.data import ViewDecoder, storage
 from harness.data.storage import StorageError, StorageOptions
 from harness.run import main
 from harness.stages import DecodeWorker
+from pipeline_support import BROKEN, CONFIG, REPO, shared_inputs
+from s3_support import CREDENTIALS, S3Server, free_port
+from test_open_gop import OPEN_GOP, encode
 
 BUCKET = "kinetics"
 
@@ -169,6 +169,65 @@ def test_a_read_is_tried_again_after_a_transient_error(monkeypatch):
     with pytest.raises(StorageError) as failed:
         storage.read_bytes("s3://bucket/key", StorageOptions(attempts=2, backoff_s=0))
     assert failed.value.reason == "storage error" and "NETWORK_CONNECTION" in str(failed.value)
+
+
+# ---------------------------------------------------------------- read-ahead in a decode worker
+
+class FarStore:
+    """A decoder whose ``fetch`` waits (a store far away) and whose ``decode`` is busy; it
+    notes when each phase of each video ran (what DecodeWorker needs of a ViewDecoder)."""
+
+    def __init__(self, fetch_s: float, decode_s: float, hangs=()) -> None:
+        self.fetch_s, self.decode_s, self.hangs = fetch_s, decode_s, set(hangs)
+        self.phases: dict[tuple[str, str], tuple[float, float]] = {}
+
+    def fetch(self, path: str) -> str:
+        start = time.monotonic()
+        time.sleep(3600 if path in self.hangs else self.fetch_s)
+        self.phases[("fetch", path)] = (start, time.monotonic())
+        return path
+
+    def decode(self, video: str):
+        start = time.monotonic()
+        time.sleep(self.decode_s)
+        self.phases[("decode", video)] = (start, time.monotonic())
+        return np.zeros((1, 3, 1, 2, 2), np.uint8), {}
+
+
+@pytest.mark.parametrize("timeout", [None, 30.0])
+def test_a_worker_reads_the_next_video_while_it_decodes_one_at_a_time(timeout):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from harness.stages import READ_AHEAD
+
+    store = FarStore(fetch_s=0.3, decode_s=0.3)
+    worker = DecodeWorker(store, metrics=False)
+    paths = [f"s3://b/v{i}.mp4" for i in range(4)]
+    with ThreadPoolExecutor(READ_AHEAD) as calls:        # Ray's threads of a threaded actor
+        statuses = [s for s, _ in calls.map(lambda p: worker.decode(0, p, timeout), paths)]
+    assert all(s["ok"] for s in statuses)
+    decodes = sorted(store.phases[("decode", p)] for p in paths)
+    assert all(a[1] <= b[0] for a, b in zip(decodes, decodes[1:]))        # one decode at a time
+    overlapped = [p for p in paths
+                  if any(d[0] < store.phases[("fetch", p)][1] and store.phases[("fetch", p)][0] < d[1]
+                         for d in decodes)]
+    assert len(overlapped) >= 2                # reads ran while another video was decoding
+    # a call's seconds leave out its wait for the other call's decode
+    assert all(s["seconds"] < 0.3 + 0.3 + 0.25 for s in statuses)
+
+
+def test_a_read_that_hangs_is_a_timeout_and_does_not_hold_up_the_other_call():
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = FarStore(fetch_s=0.05, decode_s=0.05, hangs={"s3://b/stuck.mp4"})
+    worker = DecodeWorker(store, metrics=False)
+    with ThreadPoolExecutor(2) as calls:
+        stuck = calls.submit(worker.decode, 0, "s3://b/stuck.mp4", 1.0)
+        fine = calls.submit(worker.decode, 1, "s3://b/fine.mp4", 1.0)
+        assert fine.result(timeout=5)[0]["ok"]
+        status, views = stuck.result(timeout=10)
+    assert (status["reason"], views) == ("timeout", None) and "s3://b/stuck.mp4" in status["message"]
+    assert worker.decode(2, "s3://b/after.mp4", 1.0)[0]["ok"]            # the worker goes on
 
 
 # ---------------------------------------------------------------- one clear error

@@ -641,6 +641,19 @@ def test_after_stop_the_reference_is_not_waited_for():
     assert calls.now < 500.0
 
 
+def test_decoders_of_depth_2_hold_two_calls_each_and_the_buffer_counts_them():
+    """Videos in object storage: each decode worker holds READ_AHEAD calls (the next read
+    overlaps a decode), never more, and the buffer makes room for them."""
+    decoders = [FakeWorker("d0", 1.0), FakeWorker("d1", 1.0)]
+    scheduler, calls = make(decoders, [FakeWorker("a0", 0.1)], decoder_depth=2)
+    assert scheduler.buffer == 4                               # 2 decoders x 2 calls
+    one_each(run(scheduler, entries(20)), 20)
+    assert calls.max_queued["d0"] == calls.max_queued["d1"] == 2
+    scheduler, calls = make([FakeWorker("d0", 1.0), FakeWorker("d1", 1.0)], [FakeWorker("a0", 0.1)])
+    one_each(run(scheduler, entries(20)), 20)
+    assert calls.max_queued["d0"] == calls.max_queued["d1"] == 1   # local files: one at a time
+
+
 def test_an_actor_that_batches_b_videos_gets_2b_queued_and_the_buffer_grows():
     decoders = [FakeWorker(f"d{i}", 0.05) for i in range(3)]
     scheduler, calls = make(decoders, [FakeWorker("a0", 2.0), FakeWorker("a1", 2.0)],

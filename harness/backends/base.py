@@ -89,13 +89,17 @@ class ModelSpec:
         return dataclasses.replace(self, path=path, file_blob=None)
 
     @classmethod
-    def from_artifact(cls, directory: str | Path, backend: str) -> "ModelSpec":
-        """The model file of ``backend`` in a harness build directory, described by its manifest."""
+    def from_artifact(cls, directory: str | Path, backend: str, fp32: bool = False) -> "ModelSpec":
+        """The model file of ``backend`` in a harness build directory, described by its manifest:
+        for onnxruntime the float16 ONNX when the build made one, unless ``fp32`` (the audit's
+        reference)."""
         from harness.build import load_manifest
 
         directory = Path(directory).resolve()
         manifest = load_manifest(directory)
-        key = _model_file_key(backend)
+        key, precision = _model_file_key(backend), "fp32"
+        if key == "onnx" and manifest.get("onnx_fp16") and not fp32:
+            key, precision = "onnx_fp16", "fp16"
         if not manifest.get(key):
             fix = (" (ATC was not found when it was built: source CANN's set_env.sh and build"
                    " again)" if key == "om" else "")
@@ -106,7 +110,7 @@ class ModelSpec:
                    average_clips=manifest["average_clips"],
                    norm=Normalization(tuple(norm["mean"]), tuple(norm["std"]), bool(norm["to_bgr"])),
                    num_classes=int(manifest["num_classes"]), identity=str(manifest["hash"]),
-                   manifest_path=str(directory / "manifest.json"))
+                   manifest_path=str(directory / "manifest.json"), precision=precision)
 
     @classmethod
     def from_model_file(cls, path: str | Path, backend: str, cfg) -> "ModelSpec":
@@ -121,10 +125,12 @@ class ModelSpec:
         manifest = path.parent / "manifest.json"
         if manifest.is_file():
             try:
-                named = json.loads(manifest.read_text()).get(_model_file_key(backend))
+                files = json.loads(manifest.read_text())
             except (OSError, ValueError):
-                named = None
-            if named == path.name:
+                files = {}
+            if files.get(_model_file_key(backend)) == path.name:   # the build's own file, as given
+                return cls.from_artifact(path.parent, backend, fp32=True)
+            if backend == "onnxruntime" and files.get("onnx_fp16") == path.name:
                 return cls.from_artifact(path.parent, backend)
         return cls(backend=backend, path=str(path), identity=sha256_file(path),
                    **_from_config(cfg, config))

@@ -251,15 +251,20 @@ class ViewDecoder:
     def __call__(self, path: str | Path) -> np.ndarray:
         return self.decode(path)[0]
 
-    def decode(self, path: str | Path) -> tuple[np.ndarray, dict]:
+    def fetch(self, path: str | Path) -> str | Blob:
+        """A URI's object read into memory (harness.data.storage), a local path as it is."""
+        path = str(path)
+        return storage.fetch(path, self.storage) if storage.is_uri(path) else path
+
+    def decode(self, path: str | Path | Blob) -> tuple[np.ndarray, dict]:
         """``(views, info)``: info ``{'open_gop': bool}`` says whether the file has an
         open-GOP keyframe, where the reference's seek can return other frames than the
         default in-order decode (docs/decoding.md). A URI (``s3://...``) is read into memory
-        first (harness.data.storage) and decoded from there, the same way as a file."""
+        first (:meth:`fetch`; or given fetched) and decoded from there, the same way as a file."""
         p = self.plan
         info: dict = {}
-        path = str(path)
-        video = storage.fetch(path, self.storage) if storage.is_uri(path) else path
+        video = path if isinstance(path, Blob) else self.fetch(path)
+        path = storage.name_of(video)
         fast = self._fast_frames(video, info)
         if fast is not None:
             return self._views(fast[1], fast[0].reshape(p.num_clips, p.clip_len)), _info(info)
