@@ -258,7 +258,7 @@ def kinetics_list(csv_file: str | Path, root: str | Path, label_map: list[str],
         entries.append((lineno, raw, text, label, stem))
 
     # Layout: class folders if any folder under root is named after a class of the CSV.
-    folders = {rel.split("/", 1)[0] for rel in names if rel}
+    folders = set(names) - {""}
     per_label: dict[str, list[str]] = {}
     for _, _, text, _, _ in entries:
         if text not in per_label:

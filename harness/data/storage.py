@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
-from harness.errors import HarnessError
+from harness.errors import ConfigError, HarnessError
 
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 MISSING, TOO_LARGE, STORAGE_ERROR = "missing", "too large", "storage error"
@@ -68,8 +68,6 @@ class StorageOptions:
                        region=self.region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None)
 
     def check(self) -> None:
-        from harness.errors import ConfigError
-
         if not (isinstance(self.max_video_mb, (int, float)) and self.max_video_mb > 0):
             raise ConfigError(f"config key 'harness.storage.max_video_mb' is {self.max_video_mb!r};"
                               " use a positive number of MB")
