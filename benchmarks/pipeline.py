@@ -82,9 +82,9 @@ def start(num_devices: int, num_decoders: int, latency: float, decoder, views: i
                      identity="simulated")
     actor_cls = ray.remote(InferenceActor)
     actors = [actor_cls.options(resources={"SIM": 1}, num_cpus=0)
-              .remote(spec, "npu", k, 1, False, SleepSession(latency, views))
+              .remote(spec, "npu", k, False, SleepSession(latency, views))
               for k in range(num_devices)]
-    decoders = [ray.remote(DecodeWorker).options(num_cpus=1).remote(decoder, 1, False)
+    decoders = [ray.remote(DecodeWorker).options(num_cpus=1).remote(decoder, False)
                 for _ in range(num_decoders)]
     ray.get([a.describe.remote() for a in actors] + [d.probe.remote() for d in decoders])
     return actors, decoders
@@ -93,7 +93,7 @@ def start(num_devices: int, num_decoders: int, latency: float, decoder, views: i
 def start_reference(spec: ModelSpec):
     import ray
 
-    handle = ray.remote(InferenceActor).options(num_cpus=1).remote(spec, "cpu", 0, 1, False)
+    handle = ray.remote(InferenceActor).options(num_cpus=1).remote(spec, "cpu", 0, False)
     ray.get(handle.describe.remote())
     return handle
 

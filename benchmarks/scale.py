@@ -87,7 +87,9 @@ class CachedDecoder:
         self.node = node
 
     def decode(self, index: int, path: str, timeout: float | None = None):
-        return {"ok": True, "seconds": 0.0, "node": self.node, "shape": VIEWS_SHAPE}, self.views
+        from harness.stages import DecodeStatus
+
+        return DecodeStatus(True, self.node, seconds=0.0, shape=VIEWS_SHAPE), self.views
 
     def probe(self) -> str:
         return self.node
@@ -119,7 +121,7 @@ def driver_row(address: str, devices: int, nodes: int, latency: float, per_devic
     import ray
 
     from harness.results import ResultWriter, read_predictions, summarize
-    from harness.scheduler import Entry, RayCalls, Scheduler, Timeouts
+    from harness.scheduler import Entry, Policy, RayCalls, Scheduler, Timeouts
 
     class CountingCalls(RayCalls):
         waits = 0
@@ -142,8 +144,8 @@ def driver_row(address: str, devices: int, nodes: int, latency: float, per_devic
     entries = [Entry(i, f"v{i}.mp4", i % CLASSES) for i in range(devices * per_device)]
     with tempfile.TemporaryDirectory() as work:
         writer = ResultWriter(work)
-        scheduler = Scheduler(decoders, proxies, metrics=False, calls=CountingCalls(),
-                              timeouts=Timeouts(decode=600, infer=600))
+        scheduler = Scheduler(decoders, proxies, Policy(timeouts=Timeouts(decode=600, infer=600)),
+                              calls=CountingCalls(), metrics=False)
         before = resource.getrusage(resource.RUSAGE_SELF)
         machine_before = cpu_times()
         t0, mono0 = time.perf_counter(), time.monotonic()

@@ -103,7 +103,7 @@ def measure(decoder: ViewDecoder, paths: list[str], remote: dict, repeats: int) 
                 start = time.perf_counter()
                 statuses = list(pool.map(lambda v: worker.decode(0, v, 300.0)[0], videos))
                 rates[name].append(len(videos) / (time.perf_counter() - start))
-            if not all(s["ok"] for s in statuses):
+            if not all(s.ok for s in statuses):
                 raise SystemExit(f"FAIL: {name}: {[s for s in statuses if not s['ok']][:1]}")
     return {name: statistics.median(values) for name, values in rates.items()}
 

@@ -3,8 +3,9 @@
 A wrong ``--data-prefix`` makes every video ``missing``; a broken session makes every call fail.
 :class:`CircuitBreaker` watches the results as they are recorded: when the first ``window``
 finished videos all failed, or more than ``max_rate`` of them has failed once ``window``
-finished, it raises :class:`SystematicFailure` naming the dominant reason and a likely fix.
-What was recorded stays on disk; after the fix, the same command resumes.
+finished, it raises :class:`SystematicFailure` naming the dominant reason, its likely fix
+(``Reason.fix``) and what to run once it is fixed. ``max_rate`` 1 never stops. What was
+recorded stays on disk, and the run's summary and report say it stopped (harness.run).
 """
 
 from __future__ import annotations
@@ -12,23 +13,7 @@ from __future__ import annotations
 from collections import Counter
 
 from harness.errors import HarnessError
-
-# The likely fix for the usual systematic causes, by failure reason.
-FIXES = {
-    "missing": "the videos are not where the list says: check --data-prefix (or data.test.data_prefix);"
-               " a video is read as <data_prefix>/<path in the list>, on the decode worker's node",
-    "empty": "the video files are empty: an interrupted download or copy?",
-    "unreadable container": "the files are not videos FFmpeg can open: a wrong folder or list?",
-    "no video stream": "the files hold no video stream: a wrong folder or list?",
-    "decode failed": "decoding fails everywhere: check the files, and the decode workers' logs (ray logs)",
-    "storage error": "the object store does not answer or refuses: check the endpoint ($AWS_ENDPOINT_URL or"
-                     " harness.storage.endpoint_url), the credentials on every node, and the store's health",
-    "too large": "the objects are larger than harness.storage.max_video_mb: raise it if they are videos",
-    "timeout": "reads do not finish: a stalled network filesystem or object store? (see --decode-timeout)",
-    "inference failed": "the model session fails: check the model against the config (views per video,"
-                        " input shape) and the actors' logs (ray logs)",
-    "worker died": "workers keep dying: out of memory? see `ray logs` and the dashboard",
-}
+from harness.reasons import Reason
 
 
 class SystematicFailure(HarnessError):
@@ -46,18 +31,31 @@ class CircuitBreaker:
     def observe(self, result) -> None:
         self.finished += 1
         if result.status != "ok":
-            self.reasons[result.error] += 1
-        if self.finished < self.window:
+            self.reasons[Reason(result.error)] += 1
+        if self.finished < self.window or self.max_rate >= 1:
             return
         failed = sum(self.reasons.values())
-        if failed == self.finished or (self.max_rate < 1 and failed > self.max_rate * self.finished):
+        if failed == self.finished or failed > self.max_rate * self.finished:
             raise SystematicFailure(self._message(failed))
 
     def _message(self, failed: int) -> str:
         reason, count = self.reasons.most_common(1)[0]
-        fix = FIXES.get(reason, "see the failures in predictions.parquet")
         limit = ("all of the first" if failed == self.finished
                  else f"more than {self.max_rate:.0%} of the")
         return (f"stopped: {failed} of {self.finished} videos failed ({limit} {self.finished});"
-                f" most often {reason!r} ({count}). Likely fix: {fix}. What was recorded stays in the"
-                " work dir: the same command resumes (--max-failure-rate 1 never stops)")
+                f" most often '{reason}' ({count}). Likely fix: {reason.fix}. What was recorded"
+                f" stays in the work dir, and its summary and report say the run stopped."
+                f" {self._then(reason, failed)} (--max-failure-rate 1 never stops)")
+
+    def _then(self, reason: Reason, failed: int) -> str:
+        """What to run once the cause is fixed: true for this work dir's rows."""
+        if reason.transient:
+            return "Once fixed, the same command resumes and retries these videos."
+        if reason.location:
+            if failed == self.finished and all(r.location for r in self.reasons):
+                return ("Once fixed, run the corrected command (--data-prefix or the list): this"
+                        " work dir accepts it, since none of its videos was found.")
+            return ("Once fixed, run the corrected command with --overwrite (or another"
+                    " --work-dir): this work dir also holds videos of the old location.")
+        return ("Once fixed, the same command resumes; add --retry-failed to retry these"
+                " videos (a resume keeps failures of the file's own).")

@@ -55,7 +55,7 @@ OUTPUT_NAME = "logits"
 TOLERANCE = 1e-3
 MAX_RANK = 8                      # CANN Transpose supports at most 8 dimensions (ascend.md)
 _RANK_CHECKED_OPS = ("Transpose", "Reshape")
-_HASH_FORMAT = 1                  # bump when the build procedure changes what it produces
+_HASH_FORMAT = 2                  # bump when the build procedure or the key changes
 _TOOLS = ("torch", "onnx", "onnxscript", "onnxsim", "onnxruntime")
 
 
@@ -174,7 +174,6 @@ def _atc_version(atc: str) -> str:
 # the order they are passed; those naming a file are hashed by content.
 _ATC_PRECISION = ("precision_mode", "precision_mode_v2", "op_precision_mode", "op_select_implmode",
                   "keep_dtype", "modify_mixlist")
-_ATC_PRECISION_FORMAT_1 = ("precision_mode", "op_precision_mode")   # keys of every hash since format 1
 _PRECISION_FILES = {"op_precision_mode": "an ATC op precision .ini",
                     "keep_dtype": "a file of op names kept at their original precision",
                     "modify_mixlist": "a .json adjusting ATC's mixed-precision lists"}
@@ -299,19 +298,14 @@ def _plan(cfg, checkpoint, atc, overrides) -> _Plan:
     build_opts = dataclasses.asdict(options)
     build_opts["views_per_call"] = per_call
     build_opts["atc_extra_args"] = list(options.atc_extra_args)
-    if options.onnx_precision == "fp32":   # (absent by default: earlier artifacts keep their hash)
-        del build_opts["onnx_precision"]
     precision_files = {name: _precision_file(name, getattr(options, name)) for name in _PRECISION_FILES}
     given = [name for name in _ATC_PRECISION if getattr(options, name) is not None]
     for name in _ATC_PRECISION:
         value = build_opts.pop(name)
         if atc_path is None or value is None:
             # An ONNX-only build runs no ATC: its precision options change nothing, so they are
-            # not in its hash (the same words with and without them reuse one ONNX). Options
-            # added after the first hash format appear only when set, so artifacts built
-            # before them keep their hash.
-            if name in _ATC_PRECISION_FORMAT_1:
-                build_opts[name] = None
+            # not in its hash (the same words with and without them reuse one ONNX).
+            build_opts[name] = None
             continue
         # a file counts by content: its path and name do not change the .om
         build_opts[name] = precision_files[name] if name in precision_files else value
@@ -550,8 +544,7 @@ def _check_graph(path: Path, plan: _Plan) -> dict:
     inputs = [(i.name, [d.dim_value for d in i.type.tensor_type.shape.dim]) for i in model.graph.input]
     if inputs != [(INPUT_NAME, list(plan.input_shape))]:
         raise BuildError(f"exported graph inputs are {inputs}, expected {INPUT_NAME} {list(plan.input_shape)}")
-    return {"opset": opset, "nodes": len(model.graph.node), "max_transpose_reshape_rank": max_rank,
-            "passes": []}
+    return {"opset": opset, "nodes": len(model.graph.node), "max_transpose_reshape_rank": max_rank}
 
 
 def _onnxruntime_logits(path: Path, x_np):

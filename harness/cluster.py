@@ -25,6 +25,7 @@ from pathlib import Path
 
 from harness.backends import ModelSpec
 from harness.errors import DeviceError, HarnessError
+from harness.limits import MAX_RESTARTS, Timeouts
 from harness.stages import DecodeWorker, InferenceActor, SessionUnavailable
 
 log = logging.getLogger(__name__)
@@ -182,22 +183,21 @@ class _RayInferenceActor(InferenceActor):
 MAX_CALLS_PER_ACTOR = 32   # calls an inference actor serves at once (its batcher groups them)
 
 
-def actor_options(plan: DevicePlan, threads: int, max_restarts: int) -> dict:
-    """Ray options for one inference actor: NPU/GPU actors reserve no whole CPU; threaded, so
-    the calls the scheduler queues there reach its batcher together (harness.stages)."""
-    env = {"env_vars": _thread_env(threads)}
-    common = {"max_restarts": max_restarts, "max_task_retries": 0, "runtime_env": env,
+def actor_options(plan: DevicePlan) -> dict:
+    """Ray options for one inference actor: NPU/GPU actors reserve no whole CPU (CPU actors
+    one); threaded, so the calls the scheduler queues there reach its batcher together
+    (harness.stages); Ray restarts it ``MAX_RESTARTS`` times."""
+    common = {"max_restarts": MAX_RESTARTS, "max_task_retries": 0, "runtime_env": _ONE_THREAD,
               "max_concurrency": MAX_CALLS_PER_ACTOR}
     if plan.kind == "npu":
         return {**common, "resources": {"NPU": 1}, "num_cpus": 0}
     if plan.kind == "gpu":
         return {**common, "num_gpus": 1, "num_cpus": 0}
-    return {**common, "num_cpus": threads}
+    return {**common, "num_cpus": 1}
 
 
-def _thread_env(threads: int) -> dict[str, str]:
-    value = str(max(1, threads))
-    return {"OMP_NUM_THREADS": value, "OPENBLAS_NUM_THREADS": value, "MKL_NUM_THREADS": value}
+# every actor takes one CPU's share of threads (BLAS, OpenMP)
+_ONE_THREAD = {"env_vars": {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}}
 
 
 def _node_slots(plan: DevicePlan) -> list[tuple[str, str]]:
@@ -228,22 +228,21 @@ def _unique_name(name: str) -> str:
     return f"{name}#{os.getpid()}-{time.monotonic_ns() % 100000}"
 
 
-def start_decoder(decoder, number: int, metrics: bool = True, max_restarts: int = 3, calls: int = 1):
+def start_decoder(decoder, number: int, metrics: bool = True, calls: int = 1):
     """Decode worker ``decode<number>`` (one CPU, spread over the nodes); not waited for.
     ``calls`` > 1: a threaded actor taking that many calls at once (stages.READ_AHEAD)."""
     import ray
 
     return (ray.remote(DecodeWorker)
-            .options(num_cpus=1, max_restarts=max_restarts, max_task_retries=0,
+            .options(num_cpus=1, max_restarts=MAX_RESTARTS, max_task_retries=0,
                      scheduling_strategy="SPREAD", name=_unique_name(f"decode{number}"),
-                     runtime_env={"env_vars": _thread_env(1)},
-                     **({"max_concurrency": calls} if calls > 1 else {}))
-            .remote(decoder, 1, metrics))
+                     runtime_env=_ONE_THREAD, **({"max_concurrency": calls} if calls > 1 else {}))
+            .remote(decoder, metrics))
 
 
 def start_actors(spec: ModelSpec, plan: DevicePlan, decoder, num_decoders: int,
-                 threads: int = 1, max_restarts: int = 3, metrics: bool = True,
-                 startup_s: float = 900.0, decoder_calls: int = 1) -> tuple[list, list, list[dict]]:
+                 metrics: bool = True, startup_s: float = Timeouts.startup,
+                 decoder_calls: int = 1) -> tuple[list, list, list[dict]]:
     """Create the inference actors (one per device) and decode workers; wait until loaded.
 
     Returns ``(actors, decoders, descriptions)``; a session that fails to load raises
@@ -258,15 +257,15 @@ def start_actors(spec: ModelSpec, plan: DevicePlan, decoder, num_decoders: int,
     actors = []
     slots = _node_slots(plan)
     for k in range(plan.count):
-        options = actor_options(plan, threads, max_restarts)
+        options = actor_options(plan)
         if k < len(slots):
             node_id, label = slots[k]
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=True)
             options["name"] = _unique_name(f"infer-{plan.kind}{k}@{label}")
         else:
             options["name"] = _unique_name(f"infer-{plan.kind}{k}")
-        actors.append(remote_actor.options(**options).remote(spec, plan.kind, k, threads, metrics))
-    decoders = [start_decoder(decoder, k, metrics, max_restarts, decoder_calls) for k in range(num_decoders)]
+        actors.append(remote_actor.options(**options).remote(spec, plan.kind, k, metrics))
+    decoders = [start_decoder(decoder, k, metrics, decoder_calls) for k in range(num_decoders)]
     try:
         descriptions = ray.get([a.describe.remote() for a in actors], timeout=startup_s)
         ray.get([d.probe.remote() for d in decoders], timeout=startup_s)
@@ -283,16 +282,16 @@ def start_actors(spec: ModelSpec, plan: DevicePlan, decoder, num_decoders: int,
     return actors, decoders, descriptions
 
 
-def start_reference(spec: ModelSpec, max_restarts: int = 3, startup_s: float = 900.0):
+def start_reference(spec: ModelSpec, startup_s: float = Timeouts.startup):
     """The audit's reference actor: ``spec`` in fp32 on one CPU of any node; waits until it
     loaded (its description) and raises its error if it cannot."""
     import ray
     from ray.exceptions import GetTimeoutError, RayTaskError
 
     handle = (ray.remote(_RayInferenceActor)
-              .options(num_cpus=1, max_restarts=max_restarts, max_task_retries=0,
-                       name=_unique_name("reference-cpu"), runtime_env={"env_vars": _thread_env(1)})
-              .remote(spec, "cpu", 0, 1))
+              .options(num_cpus=1, max_restarts=MAX_RESTARTS, max_task_retries=0,
+                       name=_unique_name("reference-cpu"), runtime_env=_ONE_THREAD)
+              .remote(spec, "cpu", 0))
     try:
         return handle, ray.get(handle.describe.remote(), timeout=startup_s)
     except (RayTaskError, GetTimeoutError) as exc:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError
+from harness.limits import Timeouts
 
 REPO_DIR = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_DIR / "configs"
@@ -387,15 +388,12 @@ class TorchOptions:
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How ``harness.run`` guards a long run (section ``harness.run``; flags override).
+    """How ``harness.run`` guards a long run (section ``harness.run``; flags override). The
+    timeouts' defaults are harness.limits.Timeouts'."""
 
-    Defaults are generous but finite: a K400 video decodes in about a second on one core and
-    takes ~1.65 s on a 310P3, so only a stalled read or a hung device passes them.
-    """
-
-    decode_timeout: float = 300.0          # s per video in a decode worker
-    infer_timeout: float | None = None     # s per video on a device; None: 20 x the median call
-    startup_timeout: float = 900.0         # s for a session to load (also after a restart)
+    decode_timeout: float = Timeouts.decode      # s per video in a decode worker
+    infer_timeout: float | None = Timeouts.infer  # s per video on a device; None: adaptive
+    startup_timeout: float = Timeouts.startup    # s for a session to load (also after a restart)
     max_failure_rate: float = 0.5          # stop when more than this fraction failed ...
     failure_window: int = 50               # ... once this many videos finished (all failed: stop)
     wait: float = 600.0                    # s to wait for devices other jobs hold
@@ -403,7 +401,7 @@ class RunOptions:
     audit: int | None = None               # videos; None: 16 for an .om or a GPU, else 0
     audit_min_top1_agreement: float = 0.99  # below: a warning (exit 1 under --strict)
     audit_max_prob_diff: float = 0.01      # max |Δprob| above: a warning (exit 1 under --strict)
-    audit_timeout: float = 3600.0          # s per video on the reference actor (one CPU)
+    audit_timeout: float = Timeouts.reference     # s per video on the reference actor (one CPU)
 
 
 @dataclass(frozen=True)
@@ -504,8 +502,6 @@ def evaluation_digest(cfg) -> str:
     content = {"model": model_section(cfg), "pipeline": test_pipeline(cfg),
                "sampling": options.sampling,
                "normalization": dataclasses.asdict(normalization(cfg)),
-               "average_clips": average_clips(cfg)}
-    if options.seek != "in-order":   # (absent by default: earlier digests stay)
-        content["seek"] = options.seek
+               "average_clips": average_clips(cfg), "seek": options.seek}
     text = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()

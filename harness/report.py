@@ -173,6 +173,10 @@ def render_report(summary: dict, rows: Sequence[dict], class_names: Sequence[str
     subset_html = (f'<p class="warn">A subset: {subset["videos"]} of the list\'s {subset["of"]} videos,'
                    f' {_esc(subset["method"])}, seed {subset["seed"]}. An estimate of the full'
                    ' list\'s accuracy (see the intervals), not the full result.</p>' if subset else "")
+    stopped = summary.get("stopped")
+    if stopped:   # the run did not finish: say so before any number
+        subset_html = (f'<p class="warn">This run stopped before the end of its list:'
+                       f' {_esc(stopped)}</p>') + subset_html
     confusions = top_confusions(rows)
     confusion_html = (_table(["true class", "predicted", "videos"],
                              [(name(t), name(p), n) for t, p, n in confusions])

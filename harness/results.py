@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harness.errors import ConfigError, HarnessError
+from harness.reasons import Reason
 from harness.scores import mean_class_accuracy, top_k_accuracy
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,8 @@ PREDICTIONS = "predictions.parquet"
 RUN_FILE = "run.json"
 SUMMARY_FILE = "summary.json"
 LOCK_FILE = ".lock"
-# Failures a rerun retries (the video may well succeed next time); others are the file's own.
-TRANSIENT = ("worker died", "timeout", "inference failed", "storage error")
+# What a corrected --data-prefix or list changes in a run's identity (see prepare_work_dir).
+LOCATION_FIELDS = frozenset({"data_prefix", "list_sha256", "list_length"})
 
 
 class WorkDirError(HarnessError):
@@ -102,7 +103,10 @@ def prepare_work_dir(work_dir: str | Path, identity: RunIdentity, overwrite: boo
     """Create or check ``work_dir`` for this job; True when it resumes earlier results.
 
     A work dir holding another job (different artifact, list, data, backend or config
-    content) is refused unless ``overwrite``, which deletes its results first.
+    content) is refused unless ``overwrite``, which deletes its results first. One exception:
+    when only the videos' location changed (``--data-prefix``, the list) and every recorded
+    video failed for a reason of where it was looked for (``missing``, ``read error``:
+    ``Reason.location``), the corrected command is the same run, and those rows are replaced.
     """
     work = Path(work_dir)
     try:
@@ -119,8 +123,12 @@ def _prepare_work_dir(work: Path, identity: RunIdentity, overwrite: bool) -> boo
         theirs = json.loads(run_file.read_text())
         if theirs == mine:
             return (work / PREDICTIONS).exists()
-        if not overwrite:
-            changed = sorted(k for k in mine if theirs.get(k) != mine[k])
+        changed = sorted(k for k in mine if theirs.get(k) != mine[k])
+        if not overwrite and set(changed) <= LOCATION_FIELDS and _only_location_failures(work):
+            log.warning("%s: the earlier run found none of its videos (every row failed for where"
+                        " it looked: %s); this run, with the corrected %s, replaces it", work,
+                        theirs.get("data_prefix"), " and ".join(changed))
+        elif not overwrite:
             raise ConfigError(
                 f"{work} holds results of another run (differs in: {', '.join(changed)});"
                 " use another --work-dir, or --overwrite to delete those results")
@@ -135,6 +143,15 @@ def _prepare_work_dir(work: Path, identity: RunIdentity, overwrite: bool) -> boo
             target.unlink()
     _atomic_write_text(run_file, json.dumps(mine, indent=2) + "\n")
     return False
+
+
+def _only_location_failures(work: Path) -> bool:
+    """Every recorded row failed for a reason a corrected location explains."""
+    if not (work / PREDICTIONS).exists():
+        return True
+    rows = read_predictions(work).select(["status", "error"]).to_pylist()
+    return all(r["status"] != "ok" and (Reason.parse(r["error"]) or Reason.DECODE_FAILED).location
+               for r in rows)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -241,11 +258,17 @@ def ok_indices(work_dir: str | Path) -> set[int]:
 
 def done_indices(work_dir: str | Path, retry_failed: bool = False) -> set[int]:
     """Indices a rerun skips: scored videos, and failures of the file's own (``missing``,
-    ``empty``, ``decode failed``, ...); transient failures (:data:`TRANSIENT`) are retried,
-    and with ``retry_failed`` every failure is."""
+    ``empty``, ``decode failed``, ...); transient failures (``Reason.transient``: read error,
+    timeout, worker died, inference failed; and any reason this version does not know) are
+    retried, and with ``retry_failed`` every failure is."""
     rows = read_predictions(work_dir).select(["index", "status", "error"]).to_pylist()
     return {r["index"] for r in rows
-            if r["status"] == "ok" or not (retry_failed or r["error"] in TRANSIENT)}
+            if r["status"] == "ok" or not (retry_failed or _retried(r["error"]))}
+
+
+def _retried(error: str | None) -> bool:
+    reason = Reason.parse(error)
+    return reason is None or reason.transient
 
 
 # ------------------------------------------------------------------ summary

@@ -30,6 +30,7 @@ from harness import cli
 from harness.backends import BACKENDS, ModelSpec
 from harness.cluster import DevicePlan
 from harness.errors import ConfigError, HarnessError
+from harness.limits import Timeouts
 from harness.progress import Progress
 from harness.scheduler import RunStats
 from harness.stages import VideoResult
@@ -114,14 +115,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="retries of a video whose worker or actor died (default 2)")
     p.add_argument("--retry-failed", action="store_true",
                    help="on resume, retry every failed video (default: only transient failures:"
-                   " worker died, timeout, inference failed, storage error)")
+                   " read error, timeout, worker died, inference failed)")
     guard = p.add_argument_group("guards of a long run (config: harness.run; docs/running.md)")
     guard.add_argument("--decode-timeout", type=cli.seconds,
                        help="seconds a video may take to decode before it is recorded 'timeout'"
-                       " and its reader abandoned (default 300)")
+                       f" and its reader abandoned (default {Timeouts.decode:g})")
     guard.add_argument("--infer-timeout", type=cli.seconds,
                        help="seconds a video may take on a device before its actor is restarted"
-                       " and the video retried (default: 20 x the median call, 900 until 3 calls)")
+                       f" and the video retried (default: {Timeouts.infer_factor:g} x the median call,"
+                       f" at least {Timeouts.infer_min:g}; {Timeouts.infer_first:g} until 3 calls)")
     guard.add_argument("--max-failure-rate", type=cli.fraction,
                        help="stop (exit 2) when more than this fraction of the videos failed, once"
                        " 50 finished (default 0.5; 1: never); all of the first 50 failing stops too")
@@ -157,7 +159,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # ------------------------------------------------------------------ prepare
 
-@dataclass
+@dataclass(frozen=True)
+class Settings:
+    """What the command line says about this invocation's evaluate and finish phases,
+    resolved once by :func:`prepare` (no phase after it reads the raw arguments)."""
+
+    bench_only: bool = False
+    bench_loops: int = 0
+    flush_every: int = 32
+    progress: bool = True
+    decoders: int | None = None
+    limit: int | None = None
+    ray: bool = True
+    address: str | None = None
+    resources: dict | None = None
+    max_retries: int = 2
+    label_map: str | None = None      # --label-map, else the config's harness.label_map
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, label_map: str | None) -> "Settings":
+        return cls(args.bench_only, args.bench_loops, args.flush_every,
+                   not args.no_progress and not args.bench_only, args.decoders, args.limit,
+                   not args.no_ray, args.address, args.resources, args.max_retries,
+                   args.label_map or label_map)
+
+
+@dataclass(frozen=True)
 class Job:
     """One invocation's work, resolved before any device work starts."""
 
@@ -166,18 +193,18 @@ class Job:
     spec: ModelSpec
     artifact: dict              # summary.json's "artifact": manifest, hash, model file
     work: Path
+    options: Any                # harness.config.HarnessOptions, with the command line's overrides
+    settings: Settings
+    lock: Any = None            # the work dir's lock, held while this process runs
     decoder: Any = None         # ViewDecoder; None for --bench-only
     entries: list = field(default_factory=list)   # this job's entries (after --limit)
     todo: list = field(default_factory=list)      # those not recorded yet
     ann_file: str | None = None
     data_prefix: str | None = None
-    options: Any = None         # harness.config.RunOptions
-    lock: Any = None            # the work dir's lock, held while this process runs
     subset: dict | None = None  # --subset: how the entries were drawn
     audited: list = field(default_factory=list)   # the audit's entries (harness.audit)
     reference: ModelSpec | None = None            # what scores them in fp32
     reference_what: str = ""
-    audit_incomplete: dict = field(default_factory=dict)   # index -> why it has no pair (this run)
 
 
 def prepare(args: argparse.Namespace) -> Job:
@@ -186,18 +213,21 @@ def prepare(args: argparse.Namespace) -> Job:
     from harness.config import config_name, evaluation_digest, harness_options, load_config
 
     cfg = load_config(args.config, args.cfg_options)
-    options = harness_options(cfg, run={
-        "decode_timeout": args.decode_timeout, "infer_timeout": args.infer_timeout,
-        "max_failure_rate": args.max_failure_rate, "wait": args.wait, "audit": args.audit}).run
+    options = harness_options(   # the config's options and the flags' overrides, resolved once
+        cfg, run={"decode_timeout": args.decode_timeout, "infer_timeout": args.infer_timeout,
+                  "max_failure_rate": args.max_failure_rate, "wait": args.wait, "audit": args.audit},
+        torch={"precision": args.precision, "compile": args.torch_compile or None,
+               "uint8_input": args.uint8_input or None})
+    settings = Settings.from_args(args, options.label_map)
     plan = device_plan(args)
     job_entries, ann_file, prefix, list_sha256 = [], None, None, ""
     if not args.bench_only:  # a bad list fails now, not after a long build
-        ann_file, prefix, job_entries, list_sha256 = load_entries(cfg, args)
+        ann_file, prefix, job_entries, list_sha256 = load_entries(cfg, args, options)
     work = Path(args.work_dir or Path("work_dirs") / config_name(cfg))
     lock = results.lock_work_dir(work)       # before the build: a second driver stops at once
-    spec, artifact = resolve_model(cfg, args, plan)
+    spec, artifact = resolve_model(cfg, args, plan, options)
     if args.bench_only:
-        return Job(cfg, plan, spec, artifact, work, options=options, lock=lock)
+        return Job(cfg, plan, spec, artifact, work, options, settings, lock)
 
     from harness.data import ViewDecoder, storage
 
@@ -218,7 +248,7 @@ def prepare(args: argparse.Namespace) -> Job:
         job_entries = stratified_subset(job_entries, args.subset, args.seed)
     resumed = results.prepare_work_dir(work, identity, overwrite=args.overwrite)
     done = results.done_indices(work, args.retry_failed) if resumed else set()
-    audited, reference, reference_what = plan_audit(options, spec, plan, job_entries)
+    audited, reference, reference_what = plan_audit(options.run, spec, plan, job_entries)
     if audited and resumed:   # scored earlier without the audit's pair: score them again
         from harness import audit
 
@@ -228,8 +258,9 @@ def prepare(args: argparse.Namespace) -> Job:
     if done:
         log.info("resuming: %d of %d videos already recorded in %s (%d to do)",
                  len(job_entries) - len(todo), len(job_entries), work, len(todo))
-    return Job(cfg, plan, spec, artifact, work, ViewDecoder.from_config(cfg), job_entries, todo,
-               ann_file, prefix, options, lock, subset, audited, reference, reference_what)
+    return Job(cfg, plan, spec, artifact, work, options, settings, lock,
+               ViewDecoder.from_config(cfg, options), job_entries, todo, ann_file, prefix, subset,
+               audited, reference, reference_what)
 
 
 def decoder_calls(data_prefix: str | None) -> int:
@@ -266,11 +297,9 @@ def device_plan(args) -> DevicePlan:
     raise ConfigError("say which devices to use: --npus N, --gpus N or --cpus N")
 
 
-def resolve_model(cfg, args, plan: DevicePlan) -> tuple[ModelSpec, dict]:
+def resolve_model(cfg, args, plan: DevicePlan, options) -> tuple[ModelSpec, dict]:
     """The ModelSpec the actors load (building the artifact if needed), and the summary's
-    ``artifact`` entry."""
-    from harness.config import harness_options
-
+    ``artifact`` entry; ``options``: the resolved HarnessOptions."""
     backend = args.backend or ("om" if args.om else "onnxruntime" if args.onnx
                                else DEFAULT_BACKEND[plan.kind])
     if backend == "om" and plan.kind != "npu":
@@ -291,9 +320,7 @@ def resolve_model(cfg, args, plan: DevicePlan) -> tuple[ModelSpec, dict]:
     elif backend == "torch":
         if not args.checkpoint:
             raise ConfigError("--backend torch needs --checkpoint (random weights would differ per actor)")
-        o = harness_options(cfg, torch={"precision": args.precision,
-                                        "compile": args.torch_compile or None,
-                                        "uint8_input": args.uint8_input or None})
+        o = options
         spec = ModelSpec.from_checkpoint(cfg, args.checkpoint, args.unsafe_load_checkpoint,
                                          precision=o.torch.precision, compile=o.torch.compile,
                                          uint8_input=o.torch.uint8_input,
@@ -310,18 +337,18 @@ def resolve_model(cfg, args, plan: DevicePlan) -> tuple[ModelSpec, dict]:
                   "model": spec.path or spec.checkpoint}
 
 
-def load_entries(cfg, args):
+def load_entries(cfg, args, options):
     """(ann_file, data_prefix, entries, the list's sha256) with the command line's overrides;
     the list and the videos may be local or in object storage (harness.data.storage)."""
     import hashlib
 
-    from harness.config import harness_options, model_section, test_annotations
+    from harness.config import model_section, test_annotations
     from harness.data import storage
     from harness.data.filelist import parse_list, read_list_bytes
 
     ann_file, prefix = test_annotations(cfg)
     ann_file, prefix = args.ann_file or ann_file, args.data_prefix or prefix
-    options = harness_options(cfg).storage.resolved()
+    options = options.storage.resolved()
     content = read_list_bytes(ann_file, options)
     entries = parse_list(content, ann_file, prefix, int(model_section(cfg)["cls_head"]["num_classes"]))
     if not entries:
@@ -347,6 +374,15 @@ def load_entries(cfg, args):
 # ------------------------------------------------------------------ evaluate
 
 @dataclass
+class AuditOutcome:
+    """What became of the precision audit in this invocation."""
+
+    audited: list                 # the audited entries (none when the reference did not start)
+    reference_what: str           # what the reference is, or why the audit was skipped
+    incomplete: dict              # index -> why it has no pair (this run)
+
+
+@dataclass
 class Outcome:
     """What the devices did in this invocation."""
 
@@ -355,16 +391,23 @@ class Outcome:
     wall_s: float
     processed: int
     bench: dict | None
+    audit: AuditOutcome
     interrupted: bool = False
+    stopped: str | None = None    # why the run stopped before the end of its list
 
 
-def make_runner(args, options):
+class RunStopped(HarnessError):
+    """The run stopped before the end of its list (what was recorded is reported)."""
+
+
+def make_runner(job: Job):
     from harness.runners import LocalRunner, RayRunner
 
-    if args.no_ray:
+    s = job.settings
+    if not s.ray:
         return LocalRunner()
-    return RayRunner(address=args.address, resources=args.resources, max_retries=args.max_retries,
-                     options=options)
+    return RayRunner(address=s.address, resources=s.resources, max_retries=s.max_retries,
+                     options=job.options.run)
 
 
 class Interrupts:
@@ -399,27 +442,30 @@ class Interrupts:
             signal.signal(sig, handler)
 
 
-def evaluate(job: Job, runner, args: argparse.Namespace,
-             on_result: Callable[[VideoResult], None] | None = None) -> Outcome:
+def evaluate(job: Job, runner, on_result: Callable[[VideoResult], None] | None = None) -> Outcome:
     """Start the runner, stream the job's videos through it, run the benchmark loops;
-    results are written as they arrive (and at least every few seconds), a systematic
-    failure stops the run, and the runner is always closed."""
+    results are written as they arrive (and at least every few seconds), and the runner is
+    always closed. A run that cannot go on (the circuit breaker, a pool with nobody left, a
+    lost Ray instance) returns an outcome saying why it stopped, for the summary."""
     from harness import bench as benchmod
     from harness import results
     from harness.audit import Auditor
     from harness.breaker import CircuitBreaker
+    from harness.runners import Deployment
 
-    writer = None if args.bench_only else results.ResultWriter(job.work, batch_size=args.flush_every)
+    s = job.settings
+    writer = None if s.bench_only else results.ResultWriter(job.work, batch_size=s.flush_every)
     # A fresh short list is judged at its length; a resume retrying a few failures is not
     # judged by them alone (they may well be the broken files, on --retry-failed).
-    window = job.options.failure_window
+    window = job.options.run.failure_window
     if len(job.todo) == len(job.entries):
         window = min(window, max(1, len(job.todo)))
-    breaker = CircuitBreaker(window=window, max_rate=job.options.max_failure_rate)
+    breaker = CircuitBreaker(window=window, max_rate=job.options.run.max_failure_rate)
     progress = Progress(0, 0, enabled=False)   # the real bar starts once the devices are ready
     processed = 0
-    auditor = Auditor(job.work, job.audited) if job.audited and not args.bench_only else None
-    job.audit_incomplete = auditor.incomplete if auditor else {}
+    auditor = Auditor(job.work, job.audited) if job.audited and not s.bench_only else None
+    audit = AuditOutcome(job.audited, job.reference_what, auditor.incomplete if auditor else {})
+    stats, stopped, sessions, wall, bench = RunStats(), None, [], 0.0, None
 
     def record(result: VideoResult) -> None:
         nonlocal processed
@@ -438,33 +484,47 @@ def evaluate(job: Job, runner, args: argparse.Namespace,
     interrupts = Interrupts(runner)
     try:
         with interrupts:
-            sessions = runner.start(job.spec, job.plan, job.decoder, args.decoders,
-                                    job.reference if auditor else None,
-                                    decoder_calls=decoder_calls(job.data_prefix))
-            if auditor is not None and getattr(runner, "reference_error", None):
-                job.reference_what, job.audited, auditor = runner.reference_error, [], None
+            sessions = runner.start(Deployment(job.spec, job.plan, job.decoder, s.decoders,
+                                               job.reference if auditor else None,
+                                               decoder_calls(job.data_prefix)))
+            if auditor is not None and runner.reference_error:
+                audit, auditor = AuditOutcome([], runner.reference_error, {}), None
             url = getattr(runner, "dashboard_url", None)
             if url:
                 print_dashboard(url)
             progress = Progress(len(job.entries), len(job.entries) - len(job.todo),
-                                enabled=not args.no_progress and not args.bench_only)
+                                enabled=s.progress)
             start = time.perf_counter()
-            audit = ({e.index for e in job.audited}, auditor.reference) if auditor else None
-            stats = RunStats() if args.bench_only else runner.evaluate(job.todo, record, tick, audit)
+            on_side = ({e.index for e in audit.audited}, auditor.reference) if auditor else None
+            try:
+                if not s.bench_only:
+                    stats = runner.evaluate(job.todo, record, tick, on_side)
+            except (HarnessError, *_ray_errors()) as exc:   # breaker, nobody left, Ray lost
+                stats, stopped = runner.stats, str(exc)
+                log.error("the run stopped: %s", exc)
             wall = time.perf_counter() - start
             if writer is not None:
                 writer.close()
-            bench = None
-            if args.bench_loops and not interrupts.count:
-                bench = benchmod.bench_stats(runner.bench(args.bench_loops), args.bench_loops)
-                if not args.bench_only:
+            if s.bench_loops and not interrupts.count and stopped is None:
+                bench = benchmod.bench_stats(runner.bench(s.bench_loops), s.bench_loops)
+                if not s.bench_only:
                     benchmod.add_efficiency(bench, processed / wall if wall > 0 and processed else None)
     finally:
         progress.close()
         if writer is not None:
             writer.close()
         runner.close()
-    return Outcome(stats, sessions, wall, processed, bench, interrupted=bool(interrupts.count))
+    return Outcome(stats, sessions, wall, processed, bench, audit,
+                   interrupted=bool(interrupts.count), stopped=stopped)
+
+
+def _ray_errors() -> tuple[type, ...]:
+    """Ray's own errors (a lost GCS or raylet), when Ray is installed."""
+    try:
+        from ray.exceptions import RayError
+    except ImportError:  # pragma: no cover - ray is a dependency
+        return ()
+    return (RayError,)
 
 
 def print_dashboard(url: str) -> None:
@@ -477,13 +537,12 @@ def print_dashboard(url: str) -> None:
 
 # ------------------------------------------------------------------ finish
 
-def finish(job: Job, outcome: Outcome, args: argparse.Namespace) -> dict:
+def finish(job: Job, outcome: Outcome) -> dict:
     """summary.json and report.html from this job's rows; returns the summary."""
     from harness import results
-    from harness.config import harness_options
     from harness.report import write_report
 
-    if args.bench_only:  # keep the evaluation's summary, add the loops
+    if job.settings.bench_only:  # keep the evaluation's summary, add the loops
         path = job.work / results.SUMMARY_FILE
         summary = json.loads(path.read_text()) if path.exists() else {}
         summary["bench"] = outcome.bench
@@ -495,17 +554,18 @@ def finish(job: Job, outcome: Outcome, args: argparse.Namespace) -> dict:
         summary = results.summarize(
             table, wall_s=outcome.wall_s, processed=outcome.processed, backend=job.spec.backend,
             artifact=job.artifact, bench=outcome.bench,
-            extra={"faults": faults, "interrupted": outcome.interrupted,
-                   "decoding": {"seek": harness_options(job.cfg).seek, "open_gop_files": open_gop},
+            extra={"faults": faults, "interrupted": outcome.interrupted, "stopped": outcome.stopped,
+                   "decoding": {"seek": job.options.seek, "open_gop_files": open_gop},
                    "sessions": outcome.sessions,
                    "work_dir": str(job.work), "ann_file": job.ann_file,
-                   "data_prefix": job.data_prefix, "limit": args.limit, "ray": not args.no_ray,
-                   "subset": job.subset, "audit": audit_section(job, args),
+                   "data_prefix": job.data_prefix, "limit": job.settings.limit,
+                   "ray": job.settings.ray,
+                   "subset": job.subset, "audit": audit_section(job, outcome.audit),
                    "config": str(job.cfg.get("_harness_config_path"))})
     results.write_summary(job.work, summary)
     try:
         rows = table.select([c for c in table.column_names if c != "scores"]).to_pylist()
-        write_report(job.work, summary, rows, class_names(job.cfg, args))
+        write_report(job.work, summary, rows, class_names(job))
     except OSError as exc:
         raise results.work_dir_error(job.work, exc) from exc
     return summary
@@ -513,31 +573,39 @@ def finish(job: Job, outcome: Outcome, args: argparse.Namespace) -> dict:
 
 def execute(args: argparse.Namespace,
             on_result: Callable[[VideoResult], None] | None = None) -> dict:
-    """The whole run: prepare, evaluate, finish; returns the summary (also in the work dir)."""
+    """The whole run: prepare, evaluate, finish; returns the summary (also in the work dir).
+    A run that stopped early still writes its summary and report, then raises RunStopped."""
     job = prepare(args)
-    outcome = evaluate(job, make_runner(args, job.options), args, on_result)
-    return finish(job, outcome, args)
+    try:
+        outcome = evaluate(job, make_runner(job), on_result)
+        summary = finish(job, outcome)
+    finally:
+        job.lock.close()      # (the kernel would release it with the process; a caller goes on)
+    if outcome.stopped:
+        raise RunStopped(f"{outcome.stopped}\n(the summary and report of what was recorded are"
+                         f" in {job.work})")
+    return summary
 
 
-def audit_section(job: Job, args) -> dict | None:
+def audit_section(job: Job, audit: AuditOutcome) -> dict | None:
     """summary.json's ``audit`` (harness.audit), or None when the run audits nothing."""
     from harness.audit import audit_summary
 
-    if not job.audited:
-        return {"skipped": job.reference_what} if job.reference_what else None
-    o = job.options
-    return audit_summary(job.work, [e.index for e in job.audited], job.reference_what,
+    if not audit.audited:
+        return {"skipped": audit.reference_what} if audit.reference_what else None
+    o = job.options.run
+    return audit_summary(job.work, [e.index for e in audit.audited], audit.reference_what,
                          o.audit_min_top1_agreement, o.audit_max_prob_diff,
-                         class_names(job.cfg, args), job.audit_incomplete)
+                         class_names(job), audit.incomplete)
 
 
-def class_names(cfg, args) -> list[str]:
+def class_names(job: Job) -> list[str]:
     """Class names for the report: --label-map, the config's harness.label_map, or K400's."""
-    from harness.config import LABEL_MAP_K400, harness_options, model_section
+    from harness.config import LABEL_MAP_K400, model_section
     from harness.data import load_label_map
 
-    path = args.label_map or harness_options(cfg).label_map
-    if path is None and int(model_section(cfg)["cls_head"]["num_classes"]) == 400:
+    path = job.settings.label_map
+    if path is None and int(model_section(job.cfg)["cls_head"]["num_classes"]) == 400:
         path = LABEL_MAP_K400
     return load_label_map(path) if path else []
 

@@ -1,8 +1,8 @@
 """Where the stages run: on Ray (:class:`RayRunner`) or in this process (:class:`LocalRunner`).
 
-Both have one interface, so ``harness.run`` has no Ray / no-Ray branches:
+Both implement :class:`Runner`, so ``harness.run`` has no Ray / no-Ray branches:
 
-    descriptions = runner.start(spec, plan, decoder, decoders, reference)   # sessions loaded
+    descriptions = runner.start(Deployment(spec, plan, decoder, ...))   # sessions loaded
     stats = runner.evaluate(entries, record, tick, audit)        # record(VideoResult) per video
     runner.stop()                                                # (Ctrl-C) start nothing new
     reports = runner.bench(loops)                                # on the same live actors
@@ -21,18 +21,51 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from typing import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Protocol
 
 from harness.backends import ModelSpec
 from harness.cluster import DevicePlan
 from harness.config import RunOptions
 from harness.errors import HarnessError
-from harness.scheduler import RunStats, Timeouts
-from harness.stages import INFERENCE_FAILED, DecodeWorker, InferenceActor, VideoResult
+from harness.limits import Timeouts
+from harness.reasons import Reason
+from harness.scheduler import RunStats
+from harness.stages import DecodeWorker, InferenceActor, VideoResult
 
 log = logging.getLogger(__name__)
 
 BUFFER_SHARE = 0.10        # of the object store: the most decoded clips waiting for devices
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What a runner starts: the model on the devices, the decoders, the audit's reference."""
+
+    spec: ModelSpec
+    plan: DevicePlan
+    decoder: Any = None                  # a ViewDecoder; None: no decoding (--bench-only)
+    decoders: int | None = None          # decode workers (Ray; default: the free CPUs)
+    reference: ModelSpec | None = None   # the audit's fp32 reference, on a CPU
+    decoder_calls: int = 1               # calls a decode worker holds (stages.READ_AHEAD: objects)
+
+
+class Runner(Protocol):
+    """Where the stages run (this module's doc)."""
+
+    reference_error: str | None          # why the audit's reference did not start, if it did not
+    stats: RunStats                      # the current (or last) evaluation's, also when it raised
+
+    def start(self, deployment: Deployment) -> list[dict]: ...
+
+    def evaluate(self, entries: Iterable, record: Callable[[VideoResult], None],
+                 tick: Callable[[], None] | None = None, audit=None) -> RunStats: ...
+
+    def stop(self) -> None: ...
+
+    def bench(self, loops: int) -> list[dict]: ...
+
+    def close(self) -> None: ...
 
 
 class LocalRunner:
@@ -43,16 +76,17 @@ class LocalRunner:
         self.worker: DecodeWorker | None = None
         self.reference: InferenceActor | None = None
         self.reference_error: str | None = None     # why the audit's reference did not load
+        self.stats = RunStats()
         self.stopping = False
 
-    def start(self, spec: ModelSpec, plan: DevicePlan, decoder, decoders: int | None = None,
-              reference: ModelSpec | None = None, decoder_calls: int = 1) -> list[dict]:
-        self.actors = [InferenceActor(spec, plan.kind, slot, 1, metrics=False)
-                       for slot in range(plan.count)]
-        self.worker = DecodeWorker(decoder, metrics=False) if decoder is not None else None
-        if reference is not None:   # a side measurement: the run goes on without it
+    def start(self, deployment: Deployment) -> list[dict]:
+        d = deployment
+        self.actors = [InferenceActor(d.spec, d.plan.kind, slot, metrics=False)
+                       for slot in range(d.plan.count)]
+        self.worker = DecodeWorker(d.decoder, metrics=False) if d.decoder is not None else None
+        if d.reference is not None:   # a side measurement: the run goes on without it
             try:
-                self.reference = InferenceActor(reference, "cpu", 0, 1, metrics=False)
+                self.reference = InferenceActor(d.reference, "cpu", 0, metrics=False)
             except Exception as exc:
                 self.reference_error = f"the audit's reference did not load: {exc}"
                 log.warning("audit skipped: %s", self.reference_error)
@@ -61,21 +95,21 @@ class LocalRunner:
     def evaluate(self, entries: Iterable, record: Callable[[VideoResult], None],
                  tick: Callable[[], None] | None = None, audit=None) -> RunStats:
         indices, on_reference = audit or (frozenset(), None)
-        stats = RunStats()
+        stats = self.stats = RunStats()
         for n, entry in enumerate(entries):
             if self.stopping:
                 break
             status, views = self.worker.decode(entry.index, entry.path)
-            stats.open_gop += int(bool(status.get("open_gop")))
-            if not status["ok"]:
-                record(VideoResult.failed(entry, status["reason"], status["message"], status["node"]))
+            stats.open_gop += int(status.open_gop)
+            if not status.ok:
+                record(VideoResult.failed(entry, status.reason, status.message, status.node))
                 continue
             audited = entry.index in indices
             try:
                 out = self.actors[n % len(self.actors)].infer(entry.index, views, audited)
             except Exception as exc:
                 log.exception("inference on %s failed", entry.path)
-                record(VideoResult.failed(entry, INFERENCE_FAILED,
+                record(VideoResult.failed(entry, Reason.INFERENCE_FAILED,
                                           f"{entry.path}: {type(exc).__name__}: {exc}"))
                 continue
             if audited:
@@ -120,11 +154,16 @@ class RayRunner:
         self.reference = None
         self.reference_error: str | None = None     # why the audit's reference did not start
 
-    def start(self, spec: ModelSpec, plan: DevicePlan, decoder, decoders: int | None = None,
-              reference: ModelSpec | None = None, decoder_calls: int = 1) -> list[dict]:
-        """``decoder_calls``: calls each decode worker holds at once (stages.READ_AHEAD for
-        videos in object storage)."""
+    @property
+    def stats(self) -> RunStats:
+        return self.scheduler.stats if self.scheduler is not None else RunStats()
+
+    def start(self, deployment: Deployment) -> list[dict]:
         from harness import cluster
+
+        spec, plan, decoder, decoders = (deployment.spec, deployment.plan, deployment.decoder,
+                                         deployment.decoders)
+        reference, decoder_calls = deployment.reference, deployment.decoder_calls
 
         others = int(reference is not None)      # the audit's reference actor takes a CPU
         self.started, self.dashboard_url = cluster.connect(self.address, self.resources, plan,
@@ -161,20 +200,21 @@ class RayRunner:
         import ray
 
         from harness import cluster
-        from harness.scheduler import Audit, RayCalls, Scheduler
+        from harness.scheduler import Audit, Policy, RayCalls, Scheduler
 
         o = self.options
         store = ray.cluster_resources().get("object_store_memory")
         numbers = itertools.count(len(self.decoders))    # names of replacements and additions
+        policy = Policy(
+            max_retries=self.max_retries, max_decoders=self._max_decoders,
+            clip_bytes=self._clip_bytes, buffer_bytes=int(BUFFER_SHARE * store) if store else None,
+            timeouts=Timeouts(decode=o.decode_timeout, infer=o.infer_timeout,
+                              startup=o.startup_timeout, reference=o.audit_timeout),
+            decoder_depth=self._decoder_calls)
         self.scheduler = Scheduler(
-            self.decoders, self.actors, max_retries=self.max_retries,
-            max_decoders=self._max_decoders, clip_bytes=self._clip_bytes,
-            buffer_bytes=int(BUFFER_SHARE * store) if store else None,
-            timeouts=Timeouts(decode=o.decode_timeout, infer=o.infer_timeout, startup=o.startup_timeout,
-                              reference=o.audit_timeout),
+            self.decoders, self.actors, policy,
             calls=RayCalls(new_decoder=lambda: cluster.start_decoder(self._decoder, next(numbers),
                                                                      calls=self._decoder_calls)),
-            decoder_depth=self._decoder_calls,
             videos_per_call=[min(d.get("videos_per_call", 1), cluster.MAX_CALLS_PER_ACTOR // 2)
                              for d in self._descriptions],
             audit=(Audit(self.reference, frozenset(audit[0]), audit[1])

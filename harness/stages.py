@@ -5,8 +5,8 @@
   network filesystem) is abandoned in its thread and the video answered ``timeout``.
 - :class:`InferenceActor`: one device's model session, loaded once; views -> per-video scores,
   and the benchmark loops. A session that takes several videos per call gets them through
-  :class:`_Batcher` (dynamic batching of the calls the actor's threads serve at once). A node that cannot see the model file gets its bytes through
-  Ray's object store into a node-local cache keyed by their sha256 (:func:`local_model_file`).
+  :class:`_Batcher` (dynamic batching of the calls the actor's threads serve at once). A node
+  that cannot see the model file gets its bytes through Ray's object store into a node-local cache keyed by their sha256 (:func:`local_model_file`).
 - :class:`VideoResult`: one row of predictions.parquet.
 
 ``ray.remote`` is applied where work is arranged (harness.cluster), so the same classes run
@@ -32,17 +32,13 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from harness.backends import ModelSpec, open_session
-from harness.data.storage import is_uri
 from harness.errors import DeviceError, HarnessError
+from harness.reasons import Reason, VideoError
 from harness.scores import average_views, top_k
 
 log = logging.getLogger(__name__)
 
 SECONDS_BUCKETS = [0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120]
-# Failure reasons the driver gives (a decode worker's own reasons: harness.data.decode.REASONS).
-WORKER_DIED = "worker died"
-INFERENCE_FAILED = "inference failed"
-TIMEOUT = "timeout"
 ABANDONED_READS_MAX = 3     # a decode worker with this many stuck reads asks to be replaced
 # Decode calls a worker holds when the videos are in object storage: the next video's read
 # overlaps this one's decoding (benchmarks/storage.py: a store 20 ms away costs a third of a
@@ -64,7 +60,7 @@ class VideoResult:
     path: str
     label: int
     status: str                       # "ok" or "failed"
-    error: str | None = None          # failure reason (DecodeError.reason, "worker died", ...)
+    error: Reason | None = None       # why it failed (harness.reasons)
     message: str | None = None        # the full error text, for people
     scores: np.ndarray | None = None  # averaged per-class scores, float32 [C]
     device: str | None = None
@@ -72,10 +68,11 @@ class VideoResult:
     logits: np.ndarray | None = None  # per-view logits [V, C], for audited videos only (not written)
 
     @classmethod
-    def failed(cls, entry, reason: str, message: str | None = None,
+    def failed(cls, entry, reason: Reason, message: str | None = None,
                node: str | None = None) -> "VideoResult":
         """``entry`` (anything with index, path, label) recorded as failed with ``reason``."""
-        return cls(entry.index, entry.path, entry.label, "failed", reason, message or reason,
+        reason = Reason(reason)
+        return cls(entry.index, entry.path, entry.label, "failed", reason, message or str(reason),
                    None, None, node)
 
     @classmethod
@@ -195,22 +192,41 @@ def _in_thread(fn: Callable[[Any], Any], arg: Any, timeout: float) -> Any:
     return job.result(timeout)
 
 
+@dataclass(frozen=True)
+class DecodeStatus:
+    """A decode worker's answer about one video (the views travel as a separate object)."""
+
+    ok: bool
+    node: str
+    reason: Reason | None = None      # why it failed
+    message: str | None = None        # the full error text, for people
+    seconds: float | None = None      # reading and decoding, without waiting for another call
+    shape: tuple | None = None        # the views' shape
+    open_gop: bool = False            # the reference's seek and ours can differ (harness.seek)
+    replace_me: bool = False          # the worker abandoned stuck reads: a fresh process, please
+
+    @classmethod
+    def failed(cls, reason: Reason, message: str, node: str, replace_me: bool = False) -> "DecodeStatus":
+        return cls(False, node, Reason(reason), message, replace_me=replace_me)
+
+
 class DecodeWorker:
     """Turns a list entry into the video's uint8 views, or a failure record.
 
     ``decoder`` is a harness.data ``ViewDecoder`` (or any picklable callable
     ``path -> uint8 (V, 3, T, H, W)``). Never imports torch.
 
-    A ViewDecoder's ``fetch`` (reading an object-storage video into memory) runs outside the
-    decode lock: in a threaded actor (``READ_AHEAD`` calls at once) the next video's read
-    overlaps this one's decoding, and one video decodes at a time (one CPU).
+    A ViewDecoder reads the video's bytes first (``fetch``: a local file or an object, bounded
+    and retried alike), then decodes them from memory, so a read error is never taken for a
+    broken video. The read runs outside the decode lock: in a threaded actor (``READ_AHEAD``
+    calls at once, for object storage) the next video's read overlaps this one's decoding, and
+    one video decodes at a time (one CPU).
     """
 
-    def __init__(self, decoder: Callable[[str], np.ndarray], threads: int = 1,
-                 metrics: bool = True) -> None:
+    def __init__(self, decoder: Callable[[str], np.ndarray], metrics: bool = True) -> None:
         try:
             import cv2
-            cv2.setNumThreads(threads)
+            cv2.setNumThreads(1)
         except ImportError:  # pragma: no cover - cv2 is a dependency
             pass
         self.decoder = decoder
@@ -227,17 +243,16 @@ class DecodeWorker:
         """The node this worker runs on (also: the worker has started)."""
         return self.node
 
-    def decode(self, index: int, path: str, timeout: float | None = None) -> tuple[dict, np.ndarray | None]:
-        """``(status, views)``: status has ok, reason, message, seconds, node. With ``timeout``
-        the decode runs in this worker's reader thread and a video that takes longer is
-        answered ``timeout`` (``replace_me`` once several reads hang: a fresh process then).
-        The timeout covers the fetch and the decode, not the wait for another call's decode;
-        ``seconds`` leaves that wait out too."""
+    def decode(self, index: int, path: str, timeout: float | None = None) -> tuple[DecodeStatus, np.ndarray | None]:
+        """``(status, views)``. With ``timeout`` the read and the decode run in threads of
+        this worker and a video that takes longer is answered ``timeout`` (``replace_me`` once
+        several reads hang: a fresh process then). The timeout covers the read and the decode,
+        not the wait for another call's decode; ``seconds`` leaves that wait out too."""
         start = time.perf_counter()
         waited = 0.0
         try:
             video = path
-            if self._fetch is not None and is_uri(path):
+            if self._fetch is not None:
                 video = self._fetch(path) if timeout is None else _in_thread(self._fetch, path, timeout)
             fetched = time.perf_counter()
             with self._decoding:
@@ -256,22 +271,21 @@ class DecodeWorker:
         except TimeoutError:
             self.abandoned += 1
             self.metrics.failed("decode")
-            return ({"ok": False, "reason": TIMEOUT, "node": self.node,
-                     "message": f"{path}: no frames after {timeout:g} s (a stalled read?)",
-                     "replace_me": self.abandoned >= ABANDONED_READS_MAX}, None)
-        except HarnessError as exc:  # DecodeError: a broken video, recorded and skipped
+            return DecodeStatus.failed(Reason.TIMEOUT, f"{path}: no frames after {timeout:g} s"
+                                       " (a stalled read?)", self.node,
+                                       replace_me=self.abandoned >= ABANDONED_READS_MAX), None
+        except VideoError as exc:   # reading or decoding this video failed: recorded, skipped
             self.metrics.failed("decode")
-            return ({"ok": False, "reason": getattr(exc, "reason", "decode failed"),
-                     "message": str(exc), "node": self.node}, None)
-        except Exception as exc:  # a decoder bug must not stop the run either
+            return DecodeStatus.failed(exc.reason, str(exc), self.node), None
+        except Exception as exc:    # a decoder bug must not stop the run either
             log.exception("decoding %s failed", path)
             self.metrics.failed("decode")
-            return ({"ok": False, "reason": "decode failed",
-                     "message": f"{path}: {type(exc).__name__}: {exc}", "node": self.node}, None)
+            return DecodeStatus.failed(Reason.DECODE_FAILED, f"{path}: {type(exc).__name__}: {exc}",
+                                       self.node), None
         seconds = time.perf_counter() - start - waited
         self.metrics.observe("harness_decode_seconds", "seconds to decode one video", "decode", seconds)
-        return ({"ok": True, "seconds": seconds, "node": self.node, "shape": views.shape,
-                 "open_gop": bool(info.get("open_gop"))}, views)
+        return DecodeStatus(True, self.node, seconds=seconds, shape=views.shape,
+                            open_gop=bool(info.get("open_gop"))), views
 
 
 class _Request:
@@ -389,8 +403,8 @@ class InferenceActor:
     inside a Ray actor holding one chip, the session opens visible ordinal 0.
     """
 
-    def __init__(self, spec: ModelSpec, device_kind: str, slot: int = 0, threads: int = 1,
-                 metrics: bool = True, session=None) -> None:
+    def __init__(self, spec: ModelSpec, device_kind: str, slot: int = 0, metrics: bool = True,
+                 session=None) -> None:
         ordinal = 0 if (_in_ray_worker() and device_kind != "cpu") else slot
         if spec.file_blob is not None and session is None:   # sent through the cluster
             spec = spec.with_model_file(local_model_file(spec.model_file, spec.file_sha256,
@@ -398,7 +412,7 @@ class InferenceActor:
         self.spec = spec
         self.kind = device_kind
         # ``session``: an already made Session (instruments such as benchmarks/pipeline.py)
-        self.session = session or open_session(spec, device_kind, ordinal, threads)
+        self.session = session or open_session(spec, device_kind, ordinal)
         physical = _physical_id(device_kind, ordinal) if device_kind != "cpu" else str(slot)
         self.device = f"{device_kind}:{physical}"
         self.node = node_label()

@@ -136,19 +136,23 @@ def forget_head(port: int) -> None:
 
 
 class StallingMount:
-    """``source`` seen through FUSE at ``mountpoint``; reading ``stalled`` files never answers.
+    """``source`` seen through FUSE at ``mountpoint``; reading ``stalled`` files never answers
+    (or, with ``eio_until``, fails with EIO until that file exists).
 
     On exit the FUSE connection is aborted first, so readers stuck in the kernel return (a
     process with a thread stuck in a FUSE read cannot even finish dying until then).
     """
 
-    def __init__(self, source: Path, mountpoint: Path, stalled: list[str]) -> None:
+    def __init__(self, source: Path, mountpoint: Path, stalled: list[str],
+                 eio_until: Path | None = None) -> None:
         self.source, self.mountpoint, self.stalled = source, mountpoint, stalled
+        self.mode = ["--eio-until", str(eio_until)] if eio_until else []
 
     def __enter__(self) -> Path:
         self.mountpoint.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen([sys.executable, str(REPO / "tests" / "fuse_stall.py"),
-                                         str(self.mountpoint), str(self.source), *self.stalled],
+                                         *self.mode, str(self.mountpoint), str(self.source),
+                                         *self.stalled],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                         start_new_session=True)
         deadline = time.monotonic() + 30

@@ -1,11 +1,14 @@
 """A FUSE file system for the tests: a read-only view of a folder in which some files never
-answer a read, like a stalled network mount.
+answer a read, like a stalled network mount, or fail their reads with EIO, like a flaky disk
+or NFS mount.
 
     python tests/fuse_stall.py MOUNTPOINT SOURCE_DIR NAME [NAME ...]
+    python tests/fuse_stall.py --eio-until FLAG_FILE MOUNTPOINT SOURCE_DIR NAME [NAME ...]
 
 Every file under SOURCE_DIR appears under MOUNTPOINT; reading one of the NAMEs (relative
-paths) blocks until this process ends. Their size is that of the source file, so they look
-like ordinary videos (not empty). Runs in the foreground; stop it with SIGTERM, then
+paths) blocks until this process ends, or, with ``--eio-until``, fails with EIO until
+FLAG_FILE exists (the storage has recovered). Their size is that of the source file, so they
+look like ordinary videos (not empty). Runs in the foreground; stop it with SIGTERM, then
 ``fusermount -u -z MOUNTPOINT``. Needs libfuse2 and fusepy (tests only).
 """
 
@@ -20,9 +23,10 @@ from fuse import FUSE, FuseOSError, Operations
 
 
 class StallingView(Operations):
-    def __init__(self, source: str, stalled: set[str]) -> None:
+    def __init__(self, source: str, stalled: set[str], eio_until: str | None = None) -> None:
         self.source = os.path.realpath(source)
         self.stalled = {"/" + name.lstrip("/") for name in stalled}
+        self.eio_until = eio_until
         self.forever = threading.Event()          # never set: a stalled read waits on it
 
     def _real(self, path: str) -> str:
@@ -46,7 +50,10 @@ class StallingView(Operations):
 
     def read(self, path, size, offset, fh):
         if path in self.stalled:
-            self.forever.wait()
+            if self.eio_until is None:
+                self.forever.wait()
+            elif not os.path.exists(self.eio_until):
+                raise FuseOSError(errno.EIO)
         return os.pread(fh, size, offset)
 
     def release(self, path, fh):
@@ -54,11 +61,14 @@ class StallingView(Operations):
 
 
 def main(argv: list[str]) -> None:
+    eio_until = None
+    if argv[:1] == ["--eio-until"]:
+        eio_until, argv = argv[1], argv[2:]
     mountpoint, source, *stalled = argv
     # multithreaded: a stalled read must not stop the others; direct_io: no page cache, so
     # every read reaches us
-    FUSE(StallingView(source, set(stalled)), mountpoint, foreground=True, nothreads=False,
-         ro=True, direct_io=True)
+    FUSE(StallingView(source, set(stalled), eio_until), mountpoint, foreground=True,
+         nothreads=False, ro=True, direct_io=True)
 
 
 if __name__ == "__main__":

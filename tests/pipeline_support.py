@@ -107,3 +107,52 @@ def run_args(inputs: Inputs, work: Path, *extra: str, ann: Path | None = None) -
 def scores_by_index(table) -> dict[int, np.ndarray]:
     return {r["index"]: np.asarray(r["scores"], np.float32)
             for r in table.to_pylist() if r["status"] == "ok"}
+
+
+class Gate:
+    """A video the decode worker cannot read until the test says so: a FIFO, whose open()
+    blocks until a writer comes. A run that reaches it waits there, so a test acts on an event
+    (the run is at the gate), not on the machine's speed.
+
+    ``release()`` hands the reader the real video's bytes (the blocked read completes and the
+    video decodes); ``replace()`` puts the real file in its place for a later run."""
+
+    def __init__(self, path: Path, video: Path) -> None:
+        self.path, self.video = path, video
+        os.mkfifo(path)
+
+    def release(self, timeout: float = 60.0) -> None:
+        import threading
+
+        def write() -> None:
+            with open(self.path, "wb") as f:      # returns once the reader has it open
+                f.write(self.video.read_bytes())
+
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        writer.join(timeout)
+        assert not writer.is_alive(), f"nobody read {self.path} within {timeout} s"
+
+    def replace(self) -> None:
+        try:   # a reader still blocked (a killed run's worker) gets end-of-file, not a hang
+            os.close(os.open(self.path, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+        self.path.unlink()
+        shutil.copy(self.video, self.path)
+
+
+def gated_list(inputs: "Inputs", folder: Path, before: int = 12, after: int = 3):
+    """``(list, data prefix, gate)``: ``before`` decodable videos, then the gate (a copy of
+    the first video, once released), then ``after`` more."""
+    folder.mkdir(parents=True, exist_ok=True)
+    good = inputs.good_list.read_text().split("\n")
+    good = [line for line in good if line.strip()]
+    top = Path(good[0].split()[0]).parts[0]
+    (folder / top).symlink_to(inputs.videos / top, target_is_directory=True)
+    first_path, first_label = good[0].split()
+    gate = Gate(folder / "gate.mp4", inputs.videos / first_path)
+    lines = (good * (before // len(good) + 1))[:before] + [f"gate.mp4 {first_label}"] + good[:after]
+    ann = folder / "gated_list.txt"
+    ann.write_text("\n".join(lines) + "\n")
+    return ann, folder, gate

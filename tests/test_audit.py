@@ -63,7 +63,7 @@ def test_the_audit_summary_by_hand(tmp_path):
     got = audit_summary(tmp_path, [0, 1, 5], "ref", 0.99, 0.01, ["a", "b", "c"],
                         {5: "the device did not score it (empty)"})
     assert (got["videos_requested"], got["videos_audited"]) == (3, 2)
-    assert got["top1_agreement"] == 0.5 and got["top5_set_agreement"] == 1.0   # 3 classes: all
+    assert got["top1_agreement"] == 0.5     # (with 3 classes every top-5 set is all of them)
     assert got["max_abs_prob_diff"] == pytest.approx(0.25, abs=1e-6)
     assert got["mean_abs_prob_diff"] == pytest.approx((1 / 6 + 0) / 2, abs=1e-6)
     assert got["max_abs_logit_diff"] == pytest.approx(LN2, abs=1e-6)
@@ -76,6 +76,19 @@ def test_the_audit_summary_by_hand(tmp_path):
     assert got["not_audited"] == [{"index": 5, "why": "the device did not score it (empty)"}]
     assert got["passed"] is False and len(got["warnings"]) == 2
     assert "50.0% (1/2), below 99.0%" in got["warnings"][0] and "0.25" in got["warnings"][1]
+
+
+def test_the_top5_set_agreement_by_hand(tmp_path):
+    # 7 classes. Video 0: the device ranks 0 > 1 > ... > 6 (top 5: {0..4}), the reference the
+    # other way round (top 5: {2..6}): the sets differ. Video 1: both rank 3 first and the
+    # same five on top, in another order: the sets agree. Video 2: identical. -> 2/3.
+    down, up = [6, 5, 4, 3, 2, 1, 0], [0, 1, 2, 3, 4, 5, 6]
+    _pair(tmp_path, 0, [down] * 2, [up] * 2)
+    _pair(tmp_path, 1, [[4, 3, 2, 9, 1, 0, -1]] * 2, [[1, 2, 3, 9, 4, 0, -1]] * 2, label=3)
+    _pair(tmp_path, 2, [up] * 2, [up] * 2)
+    got = audit_summary(tmp_path, [0, 1, 2], "ref", 0.0, 1.0, [], {})
+    assert got["top5_set_agreement"] == pytest.approx(2 / 3)
+    assert got["top1_agreement"] == pytest.approx(2 / 3)        # video 0's top-1 differs too
 
 
 def test_a_pair_is_written_only_when_both_answers_came(tmp_path):

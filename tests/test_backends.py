@@ -96,9 +96,9 @@ def test_decode_worker_returns_a_failure_record_for_a_broken_video(inputs):
     from harness.config import load_config
     worker = DecodeWorker(ViewDecoder.from_config(load_config(CONFIG)), metrics=False)
     status, views = worker.decode(3, str(inputs.videos / "broken" / "empty.mp4"))
-    assert views is None and not status["ok"] and status["reason"] == "empty"
+    assert views is None and not status.ok and status.reason == "empty"
     status, views = worker.decode(4, str(inputs.videos / "broken" / "missing.mp4"))
-    assert status["reason"] == "missing"
+    assert status.reason == "missing"
 
 
 def test_call_layout_and_dtype_names():

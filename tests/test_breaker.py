@@ -17,14 +17,38 @@ def failed(i: int, reason: str = "missing") -> VideoResult:
 
 
 def test_all_of_the_first_window_failing_stops_with_the_likely_fix():
-    breaker = CircuitBreaker(window=50, max_rate=1.0)          # rate check off: only "all"
+    breaker = CircuitBreaker(window=50, max_rate=0.5)
     for i in range(49):
         breaker.observe(failed(i))                            # not yet: 49 < 50
     with pytest.raises(SystematicFailure) as info:
         breaker.observe(failed(49))
     message = str(info.value)
-    assert "50 of 50 videos failed" in message and "'missing' (50)" in message
-    assert "--data-prefix" in message and "resumes" in message
+    assert "50 of 50 videos failed (all of the first 50)" in message and "'missing' (50)" in message
+    assert "check --data-prefix" in message
+    # none was found: this work dir accepts the corrected command (harness.results)
+    assert "run the corrected command (--data-prefix or the list): this work dir accepts it" in message
+
+
+def test_a_rate_of_1_never_stops():
+    breaker = CircuitBreaker(window=50, max_rate=1.0)
+    for i in range(500):
+        breaker.observe(failed(i))
+
+
+@pytest.mark.parametrize("reasons, advice", [
+    (["missing"] * 5 + [None] * 3, "the corrected command with --overwrite"),   # some scored
+    (["read error"] * 8, "the same command resumes and retries these videos"),
+    (["timeout"] * 8, "the same command resumes and retries these videos"),
+    (["empty"] * 8, "add --retry-failed to retry these videos"),
+    (["permission denied"] * 8, "add --retry-failed"),
+])
+def test_the_advice_says_what_to_run_once_fixed(reasons, advice):
+    breaker = CircuitBreaker(window=8, max_rate=0.5)
+    with pytest.raises(SystematicFailure) as info:
+        for i, reason in enumerate(reasons):
+            breaker.observe(ok(i) if reason is None else failed(i, reason))
+    assert advice in str(info.value), str(info.value)
+    assert "--max-failure-rate 1 never stops" in str(info.value)
 
 
 def test_a_few_broken_files_never_stop_a_run():

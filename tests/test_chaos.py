@@ -4,7 +4,8 @@ still ends, in bounded time, with each list index recorded exactly once.
 The cluster (``ray start`` twice on this machine, token auth, one fake NPU per node):
 - node B runs in its own mount namespace with an empty tmpfs over the build dir: it cannot
   see the model artifact and must receive it through the object store;
-- the NPU double hangs on the first chip call in the cluster (once);
+- every session takes 10 s to load (a large .om), also when Ray restarts an actor;
+- the head's NPU double hangs on its first chip call (once);
 - the videos are read through FUSE, and one file's reads never answer (a stalled mount);
 - the list holds broken videos (empty, not a video, missing);
 - node B is killed whole (its process group) once a few results are in.
@@ -62,12 +63,15 @@ def chaos(inputs, tmp_path_factory):
     lines = good * 6 + broken + [f"{STALLED} 0"] + good * 2
     (root / "list.txt").write_text("\n".join(lines) + "\n")
     build = inputs.root / "build"
-    env = ray_env({"HARNESS_CACHE_DIR": str(root / "cache-head"),
-                   "FAKE_ACL_HANG_ONCE": str(root / "hung-once"), "FAKE_ACL_DELAY_S": "0.5"})
+    env = ray_env({"HARNESS_CACHE_DIR": str(root / "cache-head"), "FAKE_ACL_DELAY_S": "0.5",
+                   "FAKE_ACL_LOAD_S": "10"})
     cluster = LoopbackCluster(root, env)
     with StallingMount(source, root / "mnt", [STALLED]) as mounted:
         try:
-            cluster.head(cpus=2, resources='{"NPU": 1}')
+            # the head's chip hangs once: while Ray restarts its actor (10 s of loading), node
+            # B is lost; the run must go on with the restarted chip, not retire it
+            cluster.head(cpus=2, resources='{"NPU": 1}',
+                         env={"FAKE_ACL_HANG_ONCE": str(root / "hung-once")})
             node_b = cluster.worker(cpus=2, resources='{"NPU": 1}', hide=[build],
                                     env={"HARNESS_CACHE_DIR": str(root / "cache-b")})
             cluster.wait_for("NPU", 2)
@@ -149,5 +153,7 @@ def test_a_run_survives_every_fault_at_once(inputs, chaos, tmp_path):
     assert faults["infer_timeouts"] >= 1                      # the chip call that hung
     assert faults["decode_timeouts"] >= 1                     # the stalled read
     assert faults["actor_deaths"] + len(faults["set_aside"]) >= 1   # node B's actor was lost
+    # the head's chip was restarted, not retired: at most node B's actor is set aside
+    assert len(faults["set_aside"]) <= 1 and err.count("is not used again") <= 1, err[-4000:]
     # node B could not see the build dir: it received the model through the object store
     assert list((chaos["root"] / "cache-b" / "artifacts").glob("*/model.om"))

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from harness.data import DecodeError, ViewDecoder
+from harness.data.storage import StorageError
 from harness.data.synthetic import class_specs, render_frames, write_video
 from harness.errors import ConfigError, HarnessError
 
@@ -33,15 +34,15 @@ def good(tmp_path_factory):
     return write_video(tmp_path_factory.mktemp("dec") / "good.mp4", frames, fps=15)
 
 
-def reason(path):
-    with pytest.raises(DecodeError) as info:
+def reason(path, error=DecodeError):
+    with pytest.raises(error) as info:
         ViewDecoder(steps())(path)
     assert str(path) in str(info.value) and info.value.reason in str(info.value)
     return info.value.reason
 
 
 def test_missing_file(tmp_path):
-    assert reason(tmp_path / "nope.mp4") == "missing"
+    assert reason(tmp_path / "nope.mp4", StorageError) == "missing"
 
 
 def test_zero_byte_file(tmp_path):

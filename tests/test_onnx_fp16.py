@@ -43,7 +43,7 @@ def test_the_fp16_onnx_is_float16_verified_and_a_new_artifact(fp16):
 
     art32, art16 = fp16
     assert art16.directory != art32.directory                       # the hash covers it
-    assert "onnx_precision" not in art32.manifest["build_options"]  # fp32 hashes as before
+    assert art32.manifest["build_options"]["onnx_precision"] == "fp32"   # in every hash
     manifest = art16.manifest
     assert manifest["build_options"]["onnx_precision"] == "fp16" and manifest["onnx_fp16"] == FP16_FILE
     check = manifest["verification"]["fp16"]

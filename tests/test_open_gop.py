@@ -182,8 +182,8 @@ def test_the_decode_worker_flags_open_gop_files_and_a_run_counts_them(open_gop, 
     from pipeline_support import CONFIG, run_args, shared_inputs
 
     worker = DecodeWorker(decoder(), metrics=False)
-    assert worker.decode(0, str(open_gop))[0]["open_gop"] is True
-    assert worker.decode(1, str(closed_gop), timeout=30)[0]["open_gop"] is False
+    assert worker.decode(0, str(open_gop))[0].open_gop is True
+    assert worker.decode(1, str(closed_gop), timeout=30)[0].open_gop is False
     # the config key reaches the decoder and the run's identity; a bad value is refused
     reference = load_config(CONFIG, {"harness.seek": "reference"})
     assert ViewDecoder.from_config(reference).seek == "reference"

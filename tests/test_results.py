@@ -131,11 +131,45 @@ def test_a_resume_retries_transient_failures_only_unless_asked(tmp_path):
     writer = results.ResultWriter(tmp_path)
     writer.add(_ok(0, 0, [1.0, 0.0]))
     for i, reason in enumerate(["worker died", "timeout", "inference failed", "missing", "empty",
-                                "decode failed"], start=1):
+                                "decode failed", "read error", "permission denied"], start=1):
         writer.add(VideoResult(i, f"v{i}.mp4", 0, "failed", reason, reason))
     writer.close()
-    assert results.done_indices(tmp_path) == {0, 4, 5, 6}        # the file's own failures stay
+    assert results.done_indices(tmp_path) == {0, 4, 5, 6, 8}     # the file's own failures stay
     assert results.done_indices(tmp_path, retry_failed=True) == {0}
+
+
+def _failures(work, reasons) -> None:
+    writer = results.ResultWriter(work)
+    for i, reason in enumerate(reasons):
+        if reason is None:
+            writer.add(_ok(i, 0, [1.0, 0.0]))
+        else:
+            writer.add(VideoResult(i, f"v{i}.mp4", 0, "failed", reason, reason))
+    writer.close()
+
+
+def test_a_corrected_data_prefix_is_the_same_run_when_nothing_was_found(tmp_path):
+    # a wrong --data-prefix: every recorded video 'missing' (the breaker stopped the run)
+    results.prepare_work_dir(tmp_path, _identity(data_prefix="/wrong"))
+    _failures(tmp_path, ["missing"] * 4 + ["read error"])
+    assert results.prepare_work_dir(tmp_path, _identity()) is False      # accepted, fresh
+    assert results.done_indices(tmp_path) == set()                      # the old rows are gone
+    assert json.loads((tmp_path / results.RUN_FILE).read_text())["data_prefix"] == "/data"
+    # a corrected list too (its sha256 and length change)
+    results.prepare_work_dir(tmp_path, _identity(data_prefix="/wrong"), overwrite=True)
+    _failures(tmp_path, ["missing"] * 3)
+    assert results.prepare_work_dir(tmp_path, _identity(list_sha256="d" * 64, list_length=12)) is False
+
+
+@pytest.mark.parametrize("recorded", [["missing", None, "missing"], ["missing", "empty"]])
+def test_a_corrected_data_prefix_is_refused_when_some_videos_were_found(tmp_path, recorded):
+    results.prepare_work_dir(tmp_path, _identity(data_prefix="/wrong"))
+    _failures(tmp_path, recorded)
+    with pytest.raises(ConfigError, match="differs in: data_prefix.*--overwrite"):
+        results.prepare_work_dir(tmp_path, _identity())
+    assert len(results.read_predictions(tmp_path)) == len(recorded)     # nothing deleted
+    with pytest.raises(ConfigError, match="differs in: backend"):       # not a location change
+        results.prepare_work_dir(tmp_path, _identity(data_prefix="/wrong", backend="om"))
 
 
 def test_one_driver_per_work_dir_and_the_lock_dies_with_its_holder(tmp_path):

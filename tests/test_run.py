@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -21,8 +22,8 @@ import pytest
 from harness import results
 from harness.errors import DeviceError
 from harness.run import execute, main, parse_args
-from pipeline_support import (BROKEN, CONFIG, REPO, run_args, scores_by_index, shared_inputs,
-                              use_fake_aclruntime, worker_pythonpath)
+from pipeline_support import (BROKEN, CONFIG, REPO, gated_list, run_args, scores_by_index,
+                              shared_inputs, use_fake_aclruntime, worker_pythonpath)
 
 METRICS = ("top1", "top5", "mean_class_accuracy", "videos_total", "videos_ok", "videos_failed",
            "failures")
@@ -146,39 +147,56 @@ def test_asking_for_npus_the_cluster_lacks(inputs, cluster, tmp_path, capsys):
     assert not (tmp_path / results.PREDICTIONS).exists() or not results.done_indices(tmp_path)
 
 
-def test_resume_after_the_driver_is_killed(inputs, cluster, tmp_path):
+def _gated_driver(inputs, tmp_path, work):
+    """A driver on a 16-video list whose 13th video is a gate (pipeline_support.Gate): the
+    run records the 12 before it, then waits there until the test releases it."""
     import ray
 
-    work = tmp_path / "work"
-    argv = run_args(inputs, work, "--cpus", "1", "--decoders", "1", "--flush-every", "4",
-                    ann=inputs.long_list)
+    ann, prefix, gate = gated_list(inputs, tmp_path / "data")
+    argv = run_args(inputs, work, "--cpus", "1", "--decoders", "1", "--flush-every", "4", ann=ann)
+    argv[argv.index("--data-prefix") + 1] = str(prefix)
     env = dict(os.environ, PYTHONPATH=worker_pythonpath(), RAY_ADDRESS="")
     cmd = [sys.executable, "-m", "harness.run", *argv, "--address",
            ray.get_runtime_context().gcs_address]
-    driver = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE)
-    parts = work / results.PREDICTIONS
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and driver.poll() is None:
-        if parts.is_dir() and len(list(parts.glob("part-*.parquet"))) >= 2:
-            break
+    driver = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(driver.stderr), daemon=True).start()
+    deadline = time.monotonic() + 300   # (a bound for a broken run, never a pass condition)
+    while len(_recorded(work)) < 12:
+        assert time.monotonic() < deadline and driver.poll() is None, "".join(lines)[-3000:]
         time.sleep(0.05)
-    assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
-    driver.send_signal(signal.SIGKILL)
-    driver.wait()
-    driver.stderr.close()
-    done_before = results.done_indices(work)
-    total = len(inputs.long_list.read_text().splitlines())
-    assert 0 < len(done_before) < total                          # readable after the crash
+    return argv, driver, gate, lines
 
-    summary = execute(parse_args(argv))                          # the same command again
-    assert summary["videos_this_run"] == total - len(done_before)
-    uninterrupted = execute(parse_args(run_args(inputs, tmp_path / "whole", "--cpus", "1",
-                                                "--no-ray", ann=inputs.long_list)))
+
+def _recorded(work) -> set[int]:
+    return results.done_indices(work) if (work / results.PREDICTIONS).is_dir() else set()
+
+
+def _wait_for_line(lines: list[str], driver, text: str) -> None:
+    deadline = time.monotonic() + 120
+    while not any(text in line for line in list(lines)):
+        assert time.monotonic() < deadline and driver.poll() is None, "".join(lines)[-3000:]
+        time.sleep(0.01)
+
+
+def test_resume_after_the_driver_is_killed(inputs, cluster, tmp_path):
+    work = tmp_path / "work"
+    argv, driver, gate, _ = _gated_driver(inputs, tmp_path, work)
+    driver.send_signal(signal.SIGKILL)                          # while it waits at the gate
+    driver.wait()
+    assert _recorded(work) == set(range(12))                    # readable after the crash
+
+    gate.replace()
+    summary = execute(parse_args(argv))                         # the same command again
+    assert summary["videos_this_run"] == 4
+    whole = list(argv) + ["--no-ray"]
+    whole[whole.index("--work-dir") + 1] = str(tmp_path / "whole")
+    uninterrupted = execute(parse_args(whole))
     for key in METRICS:
         assert summary[key] == uninterrupted[key], key
     table = pq.read_table(work / results.PREDICTIONS)
-    assert sorted(table.column("index").to_pylist()) == list(range(total))   # each video once
+    assert sorted(table.column("index").to_pylist()) == list(range(16))   # each video once
 
 
 def test_decode_workers_never_import_torch(inputs, cluster):
@@ -195,7 +213,7 @@ def test_decode_workers_never_import_torch(inputs, cluster):
     try:
         path = str(inputs.videos / inputs.good_list.read_text().split()[0])
         status_ref, views_ref = decoders[0].decode.options(num_returns=2).remote(0, path)
-        assert ray.get(status_ref)["ok"]
+        assert ray.get(status_ref).ok
         assert ray.get(decoders[0].__ray_call__.remote(lambda self: "torch" in sys.modules)) is False
     finally:
         for handle in actors + decoders:
@@ -217,69 +235,40 @@ def test_limit_then_the_whole_list_resumes(inputs, oracle, tmp_path):
     assert_same_as_oracle(tmp_path, summary, oracle)
 
 
-def _driver(inputs, work, *extra):
-    import ray
-
-    argv = run_args(inputs, work, "--cpus", "1", "--decoders", "1", "--flush-every", "2",
-                    *extra, ann=inputs.long_list)
-    env = dict(os.environ, PYTHONPATH=worker_pythonpath(), RAY_ADDRESS="")
-    cmd = [sys.executable, "-m", "harness.run", *argv, "--address",
-           ray.get_runtime_context().gcs_address]
-    return argv, subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
-
-
-def _wait_for_parts(work, driver, count: int) -> None:
-    parts = work / results.PREDICTIONS
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and driver.poll() is None:
-        if parts.is_dir() and len(list(parts.glob("part-*.parquet"))) >= count:
-            return
-        time.sleep(0.05)
-    raise AssertionError(driver.stderr.read()[-2000:] if driver.poll() is not None else "no parts")
-
-
 def test_ctrl_c_finishes_what_is_in_flight_and_says_how_to_resume(inputs, cluster, tmp_path):
     work = tmp_path / "work"
-    argv, driver = _driver(inputs, work)
-    _wait_for_parts(work, driver, 2)
+    argv, driver, gate, lines = _gated_driver(inputs, tmp_path, work)
     driver.send_signal(signal.SIGINT)
-    started = time.monotonic()
-    out, err = driver.communicate(timeout=60)
+    _wait_for_line(lines, driver, "finishing those in flight")
+    assert driver.poll() is None                                # the gate's video is in flight
+    gate.release()                                              # ... and now finishes
+    driver.wait(timeout=120)
+    err = "".join(lines)
     assert driver.returncode == 130, err[-2000:]
-    assert time.monotonic() - started < 30                      # in flight: a few videos at most
-    assert "finishing those in flight" in err and "resume with: python -m harness.run" in err
-    done = results.done_indices(work)
-    total = len(inputs.long_list.read_text().splitlines())
-    assert 0 < len(done) < total
+    assert "resume with: python -m harness.run" in err
+    assert _recorded(work) == set(range(13))                    # in flight finished; no new one
+    gate.replace()
     summary = execute(parse_args(argv))                         # the same command resumes
-    assert summary["videos_this_run"] == total - len(done)
+    assert summary["videos_this_run"] == 3
     table = pq.read_table(work / results.PREDICTIONS)
-    assert sorted(table.column("index").to_pylist()) == list(range(total))   # each video once
+    assert sorted(table.column("index").to_pylist()) == list(range(16))   # each video once
 
 
 def test_a_second_ctrl_c_stops_at_once(inputs, cluster, tmp_path):
-    import threading
-
     work = tmp_path / "work"
-    _, driver = _driver(inputs, work)
-    _wait_for_parts(work, driver, 1)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(driver.stderr), daemon=True)
-    reader.start()
-    driver.send_signal(signal.SIGINT)
-    # the second once the first was acted on (two signals before Python's handler runs count
-    # once), while what was in flight still runs (a fixed sleep raced the tiny model's speed)
-    deadline = time.monotonic() + 30
-    while not any("finishing those in flight" in line for line in list(lines)):
-        assert time.monotonic() < deadline and driver.poll() is None, "".join(lines)[-2000:]
-        time.sleep(0.001)
-    driver.send_signal(signal.SIGINT)
-    driver.wait(timeout=60)
-    reader.join(10)
+    _, driver, gate, lines = _gated_driver(inputs, tmp_path, work)
+    try:
+        driver.send_signal(signal.SIGINT)
+        # the second once the first was acted on (two signals before Python's handler runs
+        # count once), while the gate's video is still in flight: it never finishes by itself
+        _wait_for_line(lines, driver, "finishing those in flight")
+        driver.send_signal(signal.SIGINT)
+        driver.wait(timeout=120)
+    finally:
+        gate.replace()                                          # (frees a worker still at it)
     err = "".join(lines)
     assert driver.returncode == 130 and "stopped. What was recorded" in err, err[-2000:]
-    assert results.done_indices(work)                           # what was recorded is on disk
+    assert _recorded(work) == set(range(12))                    # what was recorded is on disk
 
 
 def test_a_busy_cluster_is_waited_for_with_a_limit(inputs, cluster, tmp_path, caplog):

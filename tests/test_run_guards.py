@@ -6,6 +6,7 @@ and leaves what was written resumable.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -57,8 +58,19 @@ def test_a_wrong_video_folder_trips_the_breaker_and_stays_resumable(inputs, tmp_
     argv[argv.index("--data-prefix") + 1] = str(wrong)
     err = refused(capsys, argv)
     assert "stopped: 50 of 50 videos failed" in err and "'missing' (50)" in err and "--data-prefix" in err
-    assert len(results.done_indices(work)) == 50      # recorded, and a fixed rerun resumes past them
-    assert not (work / results.SUMMARY_FILE).exists()
+    assert "this work dir accepts it" in err
+    assert len(results.done_indices(work)) == 50      # recorded
+    # the summary and the report say what was recorded, and that the run stopped
+    summary = json.loads((work / results.SUMMARY_FILE).read_text())
+    assert "50 of 50 videos failed" in summary["stopped"] and summary["videos_failed"] == 50
+    assert summary["failures"] == {"missing": 50}
+    assert "This run stopped before the end of its list" in (work / "report.html").read_text()
+    # the corrected command is the same run: accepted, and it scores the videos
+    fixed = no_ray(inputs, work, "--limit", "60", ann=inputs.long_list)
+    assert run.main(fixed) == 0, capsys.readouterr().err
+    summary = json.loads((work / results.SUMMARY_FILE).read_text())
+    assert summary["stopped"] is None and summary["videos_total"] == 60
+    assert "missing" not in (summary["failures"] or {})
 
 
 def test_a_file_where_the_work_dir_should_be_is_one_message(inputs, tmp_path, capsys):
@@ -142,3 +154,44 @@ def test_a_changed_pipeline_is_refused_on_resume(inputs, tmp_path, capsys):
     argv = no_ray(inputs, work)
     argv[argv.index("--config") + 1] = str(copy)
     assert run.main(argv) == 0
+
+
+def test_a_video_whose_reads_fail_with_eio_is_a_read_error_and_scored_once_storage_recovers(
+        inputs, tmp_path, capsys):
+    """A flaky disk or NFS mount (FUSE, tests/fuse_stall.py): reads of one file fail with EIO
+    until the storage recovers. The video is recorded 'read error' (transient), not a broken
+    video; the same command afterwards scores it. A file that does not exist stays 'missing'."""
+    from chaos_support import StallingMount, can_inject
+
+    missing = can_inject()
+    if missing:
+        if os.environ.get("HARNESS_REQUIRE_UNSHARE") == "1":
+            pytest.fail(f"the EIO test cannot run: {missing}")
+        pytest.skip(missing)
+    source = tmp_path / "videos"
+    shutil.copytree(inputs.videos, source)
+    good = [line for line in inputs.good_list.read_text().splitlines() if line.strip()]
+    first, label = good[0].split()
+    (source / "flaky").mkdir()
+    shutil.copy(source / first, source / "flaky" / "eio.mp4")      # a real video: only reads fail
+    ann = tmp_path / "list.txt"
+    ann.write_text("\n".join(good + [f"flaky/eio.mp4 {label}", f"flaky/not_there.mp4 {label}"]) + "\n")
+    recovered = tmp_path / "recovered"
+    work = tmp_path / "w"
+    with StallingMount(source, tmp_path / "mnt", ["flaky/eio.mp4"], eio_until=recovered) as mounted:
+        argv = no_ray(inputs, work, "--cfg-options", "harness.storage.backoff_s=0.01", ann=ann)
+        argv[argv.index("--data-prefix") + 1] = str(mounted)
+        assert run.main(argv) == 0, capsys.readouterr().err
+        rows = {r["path"].rsplit("/", 1)[-1]: r for r in results.read_predictions(work).to_pylist()}
+        assert (rows["eio.mp4"]["status"], rows["eio.mp4"]["error"]) == ("failed", "read error")
+        assert "Input/output error" in rows["eio.mp4"]["message"]
+        assert rows["not_there.mp4"]["error"] == "missing"
+        recovered.touch()                                            # the storage is back
+        assert run.main(argv) == 0, capsys.readouterr().err          # the same command
+    after = {r["path"].rsplit("/", 1)[-1]: r for r in results.read_predictions(work).to_pylist()}
+    assert after["eio.mp4"]["status"] == "ok"
+    by_path = {r["path"]: r for r in results.read_predictions(work).to_pylist()}
+    assert after["eio.mp4"]["scores"] == by_path[str(mounted / first)]["scores"]   # its twin's
+    assert after["not_there.mp4"]["error"] == "missing"              # not retried: still missing
+    summary = json.loads((work / results.SUMMARY_FILE).read_text())
+    assert summary["videos_this_run"] == 1 and summary["failures"] == {"missing": 1}

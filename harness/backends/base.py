@@ -151,9 +151,8 @@ class ModelSpec:
         model_cfg = config.model_section(cfg)
         view_shape = config.clip_geometry(cfg).view_shape()
         content = {"checkpoint": sha256_file(checkpoint), "model": model_cfg,
-                   "view_shape": view_shape, "views": fields["views_per_video"]}
-        if precision != "fp32" or compile:   # (absent by default: earlier identities stay)
-            content.update(precision=precision, compile=bool(compile))
+                   "view_shape": view_shape, "views": fields["views_per_video"],
+                   "precision": precision, "compile": bool(compile)}
         key = json.dumps(content, sort_keys=True, default=str)
         return cls(backend="torch", path=None, identity=hashlib.sha256(key.encode()).hexdigest(),
                    model_cfg=model_cfg, view_shape=view_shape, checkpoint=str(checkpoint),

@@ -5,6 +5,10 @@ worker holds it without mmengine or torch. Only the steps and parameters below a
 accepted; anything else raises ConfigError naming it, because a silently ignored step
 would change accuracy without anyone noticing.
 
+The file's bytes are read first (harness.data.storage: a local file or an object, with the
+storage's tries), then decoded from memory as the reference does: a read error is a read
+error (a rerun retries it), never a broken video.
+
 Frames come from the PyAV fast path (frames.py: the same FFmpeg decoders, non-reference
 frames no clip needs are skipped, decord's own RGB filter) for well-formed files with
 one decode thread, about 20% less CPU per video; every other file, and every error,
@@ -23,10 +27,9 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 import sys
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +39,8 @@ from harness.data import frames, storage, transforms
 from harness.data.frames import SEEKS
 from harness.data.sampling import SAMPLINGS, frame_indices
 from harness.data.storage import Blob, StorageOptions
-from harness.errors import ConfigError, HarnessError
+from harness.errors import ConfigError
+from harness.reasons import Reason, VideoError
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +48,10 @@ log = logging.getLogger(__name__)
 # 340x256 video (0.26 MB a frame) still decodes in one call.
 DECODE_CHUNK_BYTES = 64 * 2**20
 
-REASONS = ("missing", "empty", "unreadable container", "no video stream", "decode failed",
-           storage.TOO_LARGE, storage.STORAGE_ERROR)
-
-
-class DecodeError(HarnessError):
-    """A video cannot be turned into views; ``.reason`` is one of REASONS."""
-
-    def __init__(self, path: str | Path, reason: str, detail: str = "") -> None:
-        self.path, self.reason, self.detail = str(path), reason, detail
-        super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
-
-    def __reduce__(self):  # picklable across Ray workers
-        return (DecodeError, (self.path, self.reason, self.detail))
+class DecodeError(VideoError):
+    """A video's bytes cannot be turned into views; ``.reason`` is a :class:`Reason` of
+    decoding (empty, unreadable container, no video stream, decode failed). Reading the
+    bytes fails with harness.data.storage's StorageError instead."""
 
 
 # Accepted parameters per step: name -> predicate on the value (None: any value).
@@ -113,7 +108,6 @@ class Plan:
     num_threads: int = 1
     resize: tuple[str, float, float] | None = None     # ('keep_ratio' | 'exact', w, h)
     crop: tuple[str, int, int] | None = None           # ('three' | 'center', w, h)
-    normalize: dict | None = field(default=None, compare=False)
 
     @property
     def num_crops(self) -> int:
@@ -181,8 +175,7 @@ def parse_pipeline(pipeline: list[dict]) -> Plan:
             crop = (name, *_pair(seen[kind]["crop_size"]))
     threads = seen["DecordInit"].get("num_threads", 1)
     return Plan(int(s["clip_len"]), int(s.get("frame_interval", 1)), int(s.get("num_clips", 1)),
-                num_threads=int(threads), resize=resize, crop=crop,
-                normalize=dict(seen["Normalize"]) if "Normalize" in seen else None)
+                num_threads=int(threads), resize=resize, crop=crop)
 
 
 class ViewDecoder:
@@ -220,10 +213,11 @@ class ViewDecoder:
         return buf[:size].reshape(shape)
 
     @classmethod
-    def from_config(cls, cfg) -> "ViewDecoder":
+    def from_config(cls, cfg, options=None) -> "ViewDecoder":
+        """The config's test pipeline; ``options``: its HarnessOptions, when already read."""
         from harness.config import harness_options, test_pipeline
 
-        options = harness_options(cfg)
+        options = options or harness_options(cfg)
         return cls(test_pipeline(cfg), sampling=options.sampling,
                    seek=options.seek, storage=options.storage.resolved())
 
@@ -251,16 +245,18 @@ class ViewDecoder:
     def __call__(self, path: str | Path) -> np.ndarray:
         return self.decode(path)[0]
 
-    def fetch(self, path: str | Path) -> str | Blob:
-        """A URI's object read into memory (harness.data.storage), a local path as it is."""
-        path = str(path)
-        return storage.fetch(path, self.storage) if storage.is_uri(path) else path
+    def fetch(self, path: str | Path) -> Blob:
+        """The video's bytes in memory (a local file or an object: harness.data.storage), with
+        the storage's tries; StorageError says why they cannot be read."""
+        return storage.fetch(str(path), self.storage)
 
     def decode(self, path: str | Path | Blob) -> tuple[np.ndarray, dict]:
         """``(views, info)``: info ``{'open_gop': bool}`` says whether the file has an
         open-GOP keyframe, where the reference's seek can return other frames than the
-        default in-order decode (docs/decoding.md). A URI (``s3://...``) is read into memory
-        first (:meth:`fetch`; or given fetched) and decoded from there, the same way as a file."""
+        default in-order decode (docs/decoding.md). The video is read into memory first
+        (:meth:`fetch`; or given fetched) and decoded from there, as the reference does
+        (mmaction2's DecordInit decodes the file's bytes), so a read error is never taken for
+        a broken video."""
         p = self.plan
         info: dict = {}
         video = path if isinstance(path, Blob) else self.fetch(path)
@@ -272,7 +268,7 @@ class ViewDecoder:
         try:
             num_frames = len(reader)
             if num_frames < 1:
-                raise DecodeError(path, "decode failed", "the video stream has no frames")
+                raise DecodeError(path, Reason.DECODE_FAILED, "the video stream has no frames")
             if "open_gop" not in info:  # the fast path was not tried or stopped early
                 info["open_gop"] = frames.probe_open_gop(video)
             inds = self.frame_indices(num_frames)
@@ -281,7 +277,7 @@ class ViewDecoder:
             if indexed is not None and unique[-1] >= indexed:
                 # decord can spin forever seeking to frames the file does not hold
                 # (containers that over-report their frame count): refuse instead.
-                raise DecodeError(path, "decode failed", f"the container reports {num_frames} frames"
+                raise DecodeError(path, Reason.DECODE_FAILED, f"the container reports {num_frames} frames"
                                   f" but holds {indexed}")
             try:
                 if self.seek == "reference":
@@ -296,16 +292,16 @@ class ViewDecoder:
                 else:
                     resized = self._decode_resized(reader, unique)
             except Exception as exc:  # decord raises DECORDError/RuntimeError with C++ text
-                raise DecodeError(path, "decode failed", _short(exc)) from None
+                raise DecodeError(path, Reason.DECODE_FAILED, _short(exc)) from None
         finally:
             del reader  # closes the file and stops decord's decode thread
         return self._views(resized, rows.reshape(p.num_clips, p.clip_len)), _info(info)
 
-    def _fast_frames(self, video: str | Blob, info: dict) -> tuple[np.ndarray, np.ndarray] | None:
+    def _fast_frames(self, video: Blob, info: dict) -> tuple[np.ndarray, np.ndarray] | None:
         """``(clip rows, resized unique frames)`` from the PyAV fast path (frames.py), or
         None: decord then decodes the file (odd files, errors, several decode threads, and
         open-GOP files with ``seek='reference'``)."""
-        if self.plan.num_threads != 1 or not (isinstance(video, Blob) or os.path.isfile(video)):
+        if self.plan.num_threads != 1:
             return None
         rows: list[np.ndarray] = []
 
@@ -431,40 +427,31 @@ def _short(exc: BaseException) -> str:
     return text[-1][:200] if text else type(exc).__name__
 
 
-def _open(video: str | Blob, num_threads: int):
-    """A decord VideoReader for a path or a Blob, or DecodeError with the reason."""
+def _open(video: Blob, num_threads: int):
+    """A decord VideoReader on a video's bytes, or DecodeError with the reason."""
     import decord  # imported here so listing/sampling code works without it
 
-    path = storage.name_of(video)
+    if not video.data:
+        raise DecodeError(video.name, Reason.EMPTY)
     try:
-        size = len(video.data) if isinstance(video, Blob) else os.path.getsize(path)
-    except FileNotFoundError:
-        raise DecodeError(path, "missing") from None
-    except OSError as exc:
-        raise DecodeError(path, "missing", _short(exc)) from None
-    if size == 0:
-        raise DecodeError(path, "empty")
-    try:
-        # A file is opened by path: frames are identical to the reference's in-memory read
-        # (docs/decoding.md) and no second copy of the file is held. A Blob is that
-        # in-memory read (decord copies the bytes once more).
+        # the reference's in-memory read (decord copies the bytes once more)
         return decord.VideoReader(storage.source_of(video), num_threads=num_threads)
     except Exception as exc:
-        raise DecodeError(path, _classify(video), _short(exc)) from None
+        raise DecodeError(video.name, _classify(video), _short(exc)) from None
 
 
-def _classify(video: str | Blob) -> str:
+def _classify(video: Blob) -> Reason:
     """Why decord could not open a file: ask FFmpeg (PyAV) for the container's streams."""
     try:
         import av
     except ImportError:
-        return "unreadable container"
+        return Reason.UNREADABLE_CONTAINER
     try:
         with av.open(storage.source_of(video), metadata_errors="ignore") as container:
             has_video = any(s.type == "video" for s in container.streams)
     except Exception:
-        return "unreadable container"
-    return "decode failed" if has_video else "no video stream"
+        return Reason.UNREADABLE_CONTAINER
+    return Reason.DECODE_FAILED if has_video else Reason.NO_VIDEO_STREAM
 
 
 def decode_views(path: str | Path, cfg) -> np.ndarray:

@@ -33,6 +33,7 @@ from harness.config import LABEL_MAP_K400
 from harness.data import storage
 from harness.data.storage import StorageOptions
 from harness.errors import HarnessError
+from harness.reasons import Reason
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def read_list_bytes(ann_file: str | Path, options: StorageOptions | None = None)
     try:
         return storage.read_bytes(ann_file, options)
     except storage.StorageError as exc:
-        if exc.reason == storage.MISSING:
+        if exc.reason is Reason.MISSING:
             raise ListError(f"video list not found: {ann_file} (check data.test.ann_file in the"
                             " config)") from None
         raise ListError(f"cannot read video list {ann_file}: {exc.detail}") from None

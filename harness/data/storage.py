@@ -11,10 +11,12 @@ not in the config, run.json, the report or a log line. The endpoint and the regi
 secrets: :meth:`StorageOptions.resolved` takes them from the driver's environment when the
 config does not give them, so every decode worker, on any node, uses the same store.
 
-A video object is read whole into memory (bounded by ``max_video_mb``) and decoded from
-there (harness.data.decode); errors become failure reasons: ``missing`` (no such object),
-``too large`` (over the bound), ``storage error`` (anything else, after ``attempts`` tries
-with exponential backoff; a rerun retries these).
+A video, a local file or an object alike, is read whole into memory (bounded by
+``max_video_mb``) and decoded from there (harness.data.decode), so reading and decoding fail
+separately. Read errors become failure reasons (harness.reasons): ``missing`` (no such file or
+object), ``permission denied``, ``too large`` (over the bound), and ``read error`` for anything
+else (EIO of a flaky disk or NFS mount, ESTALE, a store that does not answer) after
+``attempts`` tries with exponential backoff; a rerun retries those.
 """
 
 from __future__ import annotations
@@ -26,10 +28,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
-from harness.errors import ConfigError, HarnessError
+from harness.errors import ConfigError
+from harness.reasons import Reason, VideoError
 
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-MISSING, TOO_LARGE, STORAGE_ERROR = "missing", "too large", "storage error"
 
 
 def is_uri(location: str | Path) -> bool:
@@ -54,7 +56,7 @@ class StorageOptions:
     region: str | None = None           # default $AWS_REGION / $AWS_DEFAULT_REGION, else the SDK's
     virtual_addressing: bool = False    # bucket.host/key instead of host/bucket/key (path style)
     max_video_mb: float = 1024.0        # larger objects fail 'too large' instead of filling memory
-    attempts: int = 3                   # tries of a read before 'storage error'
+    attempts: int = 3                   # tries of a read before 'read error'
     backoff_s: float = 0.5              # wait before the 2nd try, doubling each try
     connect_timeout: float = 10.0       # s
 
@@ -82,15 +84,9 @@ class StorageOptions:
                               " (harness.storage.endpoint_url or $AWS_ENDPOINT_URL)")
 
 
-class StorageError(HarnessError):
-    """A list or video cannot be read; ``.reason``: missing, too large or storage error."""
-
-    def __init__(self, location: str, reason: str, detail: str = "") -> None:
-        self.path, self.reason, self.detail = str(location), reason, detail
-        super().__init__(f"{location}: {reason}" + (f" ({detail})" if detail else ""))
-
-    def __reduce__(self):  # picklable across Ray workers
-        return (StorageError, (self.path, self.reason, self.detail))
+class StorageError(VideoError):
+    """A list or video cannot be read; ``.reason``: a :class:`Reason` of reading (missing,
+    permission denied, too large, read error)."""
 
 
 class Blob(NamedTuple):
@@ -142,58 +138,69 @@ def _short(exc: BaseException) -> str:
 
 
 def _tried(location: str, options: StorageOptions, action):
-    """``action(fs, path)`` with ``options.attempts`` tries and exponential backoff;
-    FileNotFoundError is 'missing' at once, other failures 'storage error' after the tries."""
+    """``action()`` with ``options.attempts`` tries and exponential backoff. A file or object
+    that does not exist is ``missing`` and one the reader may not read ``permission denied``, at
+    once; any other failure (EIO, ESTALE, a store that does not answer) is ``read error`` after
+    the tries."""
     last: BaseException | None = None
     for attempt in range(options.attempts):
         if attempt:
             time.sleep(options.backoff_s * 2 ** (attempt - 1))
         try:
-            fs, path = _filesystem(location, options)
-            return action(fs, path)
+            return action()
         except StorageError:
             raise
-        except FileNotFoundError:
-            raise StorageError(location, MISSING) from None
-        except Exception as exc:   # OSError from the SDK, ArrowInvalid for a bad URI
+        except (FileNotFoundError, NotADirectoryError):
+            raise StorageError(location, Reason.MISSING) from None
+        except IsADirectoryError:
+            raise StorageError(location, Reason.MISSING, "a folder, not a file") from None
+        except PermissionError as exc:
+            raise StorageError(location, Reason.PERMISSION_DENIED, _short(exc)) from None
+        except Exception as exc:   # OSError from the disk or the SDK, ArrowInvalid for a bad URI
             last = exc
-    raise StorageError(location, STORAGE_ERROR, _short(last)) from None
+    raise StorageError(location, Reason.READ_ERROR, _short(last)) from None
+
+
+def _on_store(location: str, options: StorageOptions, action):
+    """``action(fs, path)`` on the filesystem of a URI, with :func:`_tried`'s tries."""
+    def call():
+        fs, path = _filesystem(location, options)
+        return action(fs, path)
+
+    return _tried(location, options, call)
 
 
 def read_bytes(location: str | Path, options: StorageOptions | None = None,
                limit: int | None = None) -> bytes:
-    """A local file's or an object's bytes; ``limit``: refuse larger ones ('too large')."""
+    """A local file's or an object's bytes (one mechanism, the same tries for both);
+    ``limit``: refuse larger ones ('too large') before reading them."""
     options = options or StorageOptions()
     location = str(location)
 
-    def too_large(size: int) -> StorageError:
-        return StorageError(location, TOO_LARGE, f"{size / 2**20:.1f} MB, more than"
-                            f" harness.storage.max_video_mb = {limit / 2**20:g}")
+    def check(size: int) -> None:
+        if limit is not None and size > limit:
+            raise StorageError(location, Reason.TOO_LARGE, f"{size / 2**20:.1f} MB, more than"
+                               f" harness.storage.max_video_mb = {limit / 2**20:g}")
 
     if not is_uri(location):
-        try:
-            size = os.path.getsize(location)
-            if limit is not None and size > limit:
-                raise too_large(size)
-            return Path(location).read_bytes()
-        except FileNotFoundError:
-            raise StorageError(location, MISSING) from None
-        except OSError as exc:
-            raise StorageError(location, STORAGE_ERROR, _short(exc)) from None
+        def read_file() -> bytes:
+            with open(location, "rb") as f:
+                check(os.fstat(f.fileno()).st_size)
+                return f.read()
+
+        return _tried(location, options, read_file)
 
     def read(fs, path):
         with fs.open_input_file(path) as f:
-            size = f.size()
-            if limit is not None and size > limit:
-                raise too_large(size)
+            check(f.size())
             return f.read()
 
-    return _tried(location, options, read)
+    return _on_store(location, options, read)
 
 
-def fetch(uri: str, options: StorageOptions) -> Blob:
-    """A video object in memory, bounded by ``options.max_video_mb``."""
-    return Blob(uri, read_bytes(uri, options, limit=int(options.max_video_mb * 2**20)))
+def fetch(location: str, options: StorageOptions) -> Blob:
+    """A video (a local file or an object) in memory, bounded by ``options.max_video_mb``."""
+    return Blob(location, read_bytes(location, options, limit=int(options.max_video_mb * 2**20)))
 
 
 def kind(location: str | Path, options: StorageOptions | None = None) -> str:
@@ -205,7 +212,7 @@ def kind(location: str | Path, options: StorageOptions | None = None) -> str:
         return "directory" if path.is_dir() else "file" if path.exists() else "missing"
     import pyarrow.fs as pafs
 
-    info = _tried(location, options or StorageOptions(), lambda fs, path: fs.get_file_info(path))
+    info = _on_store(location, options or StorageOptions(), lambda fs, path: fs.get_file_info(path))
     return {pafs.FileType.File: "file", pafs.FileType.Directory: "directory"}.get(info.type, "missing")
 
 
@@ -225,4 +232,4 @@ def list_files(root: str | Path, options: StorageOptions | None = None) -> list[
         return [info.path[len(base):] for info in fs.get_file_info(selector)
                 if info.type == pafs.FileType.File and info.path.startswith(base)]
 
-    return sorted(_tried(root, options or StorageOptions(), walk))
+    return sorted(_on_store(root, options or StorageOptions(), walk))

@@ -12,7 +12,9 @@ session there), so tests can check each actor used its own chip.
 
 Fault injection for the chaos tests: with ``FAKE_ACL_HANG_ONCE=<file>``, the first ``run`` in
 any process that finds no ``<file>`` creates it and never returns (a chip call that hangs, once
-per cluster); ``FAKE_ACL_DELAY_S=<seconds>`` makes every ``run`` take that long (a slower chip).
+per cluster); ``FAKE_ACL_DELAY_S=<seconds>`` makes every ``run`` take that long (a slower chip);
+``FAKE_ACL_LOAD_S=<seconds>`` makes every session take that long to open (a large .om loading
+onto a chip: seconds to a minute), also after Ray restarts its actor.
 
 Perturbations for the precision audit's tests: ``FAKE_ACL_PERTURB`` names a JSON file, read when
 a session opens (absent or ``{}``: none), with ``"fp16": true`` (an fp16 chip: the weights,
@@ -137,6 +139,7 @@ class InferenceSession:
         ids = [v for v in (visible or "").split(",") if v]
         if ids and not 0 <= int(device_id) < len(ids):
             raise RuntimeError(f"device {device_id} is not visible (ASCEND_RT_VISIBLE_DEVICES={visible})")
+        time.sleep(float(os.environ.get("FAKE_ACL_LOAD_S", "0")))
         so = ort.SessionOptions()
         so.intra_op_num_threads = 1
         so.inter_op_num_threads = 1
