@@ -53,8 +53,11 @@ ATC_LOG = "atc.log"
 INPUT_NAME = "video"
 OUTPUT_NAME = "logits"
 TOLERANCE = 1e-3
+GUIDE_OPSET = 11                  # the Ascend guide's export opset: the fallback when ATC fails
 MAX_RANK = 8                      # CANN Transpose supports at most 8 dimensions (ascend.md)
 _RANK_CHECKED_OPS = ("Transpose", "Reshape")
+# --op-precision-mode presets: the Ascend guide's own op_precision.ini (Gelu = high_performance)
+OP_PRECISION_PRESETS = {"guide": Path(__file__).resolve().parent / "presets" / "op_precision_guide.ini"}
 _HASH_FORMAT = 2                  # bump when the build procedure or the key changes
 _TOOLS = ("torch", "onnx", "onnxscript", "onnxsim", "onnxruntime")
 
@@ -265,7 +268,14 @@ def model_name(model_cfg: dict) -> str:
 
 
 def _plan(cfg, checkpoint, atc, overrides) -> _Plan:
+    from harness.chips import DEFAULT_SOC, host_soc
+
     options = hcfg.harness_options(cfg, **overrides).build
+    # the target chip: as given, else this host's (pyACL), else the guide's 310P3
+    options = dataclasses.replace(options, soc_version=options.soc_version or host_soc() or DEFAULT_SOC)
+    if options.op_precision_mode in OP_PRECISION_PRESETS:   # a shipped .ini, hashed by content
+        options = dataclasses.replace(options,
+                                      op_precision_mode=str(OP_PRECISION_PRESETS[options.op_precision_mode]))
     geometry = hcfg.clip_geometry(cfg)
     norm = hcfg.normalization(cfg)
     model_cfg = hcfg.model_section(cfg)
@@ -519,14 +529,14 @@ def _simplify(path: Path, target_opset: int) -> list[str]:
     return passes
 
 
-def _check_graph(path: Path, plan: _Plan) -> dict:
+def _check_graph(path: Path, plan: _Plan, wanted_opset: int) -> dict:
     """Opset, node count and the max rank of Transpose/Reshape outputs (CANN allows <= 8)."""
     import onnx
 
     model = onnx.shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False))
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-    if opset != plan.options.opset:
-        raise BuildError(f"the exporter produced opset {opset}, not the requested {plan.options.opset};"
+    if opset != wanted_opset:
+        raise BuildError(f"the exporter produced opset {opset}, not the requested {wanted_opset};"
                          " choose an opset the exporter supports (see docs/build.md)")
     ranks = {vi.name: len(vi.type.tensor_type.shape.dim) for vi in
              list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)}
@@ -611,6 +621,10 @@ def _atc_argv(plan: _Plan, onnx_path: Path, out_stem: Path) -> list[str]:
     return argv
 
 
+class AtcFailed(BuildError):
+    """ATC ran and exited with an error (its log says why)."""
+
+
 def _run_atc(plan: _Plan, directory: Path) -> str:
     argv = _atc_argv(plan, (directory / ONNX_FILE).resolve(), (directory / "model").resolve())
     log_path = directory / ATC_LOG
@@ -624,7 +638,7 @@ def _run_atc(plan: _Plan, directory: Path) -> str:
             raise BuildError(f"cannot run ATC {plan.atc}: {exc}") from exc
     final_log = f"{directory.parent / ('.failed-' + plan.name + '-' + plan.digest[:12])}/{ATC_LOG}"
     if rc != 0:
-        raise BuildError(f"ATC exited with status {rc}; its log: {final_log}")
+        raise AtcFailed(f"ATC exited with status {rc}; its log: {final_log}")
     produced = sorted(directory.glob("model*.om"))
     if len(produced) != 1:
         raise BuildError(f"ATC succeeded but produced {len(produced)} .om files"
@@ -633,6 +647,45 @@ def _run_atc(plan: _Plan, directory: Path) -> str:
         log.info("ATC wrote %s; renamed to %s", produced[0].name, OM_FILE)
         os.rename(produced[0], directory / OM_FILE)
     return OM_FILE
+
+
+def _atc_error_line(log_path: Path) -> str:
+    """The first error line of an ATC log (for the manifest and the message)."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()[1:]
+    except OSError:
+        return ""
+    errors = [ln.strip() for ln in lines if "error" in ln.lower() or ln.strip().startswith("E")]
+    return (errors or [ln.strip() for ln in lines if ln.strip()] or [""])[0][:300]
+
+
+def _om_with_opset_fallback(tmp: Path, plan: _Plan, make_onnx, run_atc) -> tuple[str, dict | None, Any]:
+    """``run_atc()`` on the ONNX ``make_onnx(opset)`` wrote; when ATC fails on an export above the
+    Ascend guide's opset 11 (no public page gives ATC's opset range), export again at 11 once,
+    verified as usual. Returns ``(om file, the fallback's record or None, the ONNX facts)``."""
+    requested = plan.options.opset
+    onnx_facts = make_onnx(requested)
+    try:
+        return run_atc(), None, onnx_facts
+    except AtcFailed as exc:
+        if requested <= GUIDE_OPSET:
+            raise
+        first_log = tmp / f"atc-opset{requested}.log"
+        os.replace(tmp / ATC_LOG, first_log)
+        why = _atc_error_line(first_log)
+        log.warning("ATC failed on the opset %d export (%s); exporting again at opset %d, the Ascend"
+                    " guide's, verified as usual", requested, why or exc, GUIDE_OPSET)
+        onnx_facts = make_onnx(GUIDE_OPSET)
+        try:
+            om = run_atc()
+        except AtcFailed as again:
+            raise AtcFailed(f"ATC failed at opset {requested} and again at the guide's opset"
+                            f" {GUIDE_OPSET} (the first attempt's log is {first_log.name} next to"
+                            f" the second's): {again}") from again
+        log.warning("built the .om from the opset %d export: ATC rejected opset %d (its log: %s)",
+                    GUIDE_OPSET, requested, first_log.name)
+        return om, {"requested": requested, "used": GUIDE_OPSET, "atc_error": why,
+                    "atc_log": first_log.name}, onnx_facts
 
 
 def _build_into(tmp: Path, plan: _Plan, unsafe_load_checkpoint: bool) -> dict:
@@ -656,38 +709,42 @@ def _build_into(tmp: Path, plan: _Plan, unsafe_load_checkpoint: bool) -> dict:
     reference = _torch_reference(wrapped, x_np)
     timings["reference"] = time.perf_counter() - t0
 
-    onnx_path = tmp / ONNX_FILE
-    t0 = time.perf_counter()
-    _export(wrapped, plan, onnx_path)
-    timings["export"] = time.perf_counter() - t0
-    del wrapped, model
-    gc.collect()
-
-    t0 = time.perf_counter()
-    passes = _simplify(onnx_path, plan.options.opset)
-    timings["simplify"] = time.perf_counter() - t0
-    graph = _check_graph(onnx_path, plan)
-    graph["passes"] = passes
-    size = onnx_path.stat().st_size
-    if size >= 2 ** 31:
-        raise BuildError(f"the ONNX file is {size / 2**30:.1f} GiB; single-file ONNX is limited to 2 GiB")
-
-    t0 = time.perf_counter()
-    diff = _verify(onnx_path, reference, x_np)
-    timings["verify"] = time.perf_counter() - t0
-
-    fp16 = None
-    if plan.options.onnx_precision == "fp16":
+    @contextlib.contextmanager
+    def timed(step: str) -> Iterator[None]:
         t0 = time.perf_counter()
-        fp16 = _float16_onnx(onnx_path, tmp / ONNX_FP16_FILE, reference, x_np)
-        timings["fp16"] = time.perf_counter() - t0
+        yield
+        timings[step] = timings.get(step, 0.0) + time.perf_counter() - t0   # summed over retries
 
-    om = None
+    def make_onnx(opset: int) -> tuple[dict, float, dict | None]:
+        """Export, simplify to ``opset``, check and verify: (graph facts, max |diff|, fp16)."""
+        onnx_path = tmp / ONNX_FILE
+        with timed("export"):
+            _export(wrapped, plan, onnx_path)
+        gc.collect()
+        with timed("simplify"):
+            passes = _simplify(onnx_path, opset)
+        graph = _check_graph(onnx_path, plan, opset)
+        graph["passes"] = passes
+        size = onnx_path.stat().st_size
+        if size >= 2 ** 31:
+            raise BuildError(f"the ONNX file is {size / 2**30:.1f} GiB; single-file ONNX is limited to 2 GiB")
+        with timed("verify"):
+            diff = _verify(onnx_path, reference, x_np)
+        fp16 = None
+        if plan.options.onnx_precision == "fp16":
+            with timed("fp16"):
+                fp16 = _float16_onnx(onnx_path, tmp / ONNX_FP16_FILE, reference, x_np)
+        return graph, diff, fp16
+
+    om, opset_fallback = None, None
     if plan.atc:
-        t0 = time.perf_counter()
-        om = _run_atc(plan, tmp)
-        timings["atc"] = time.perf_counter() - t0
+        def run_atc() -> str:
+            with timed("atc"):
+                return _run_atc(plan, tmp)
+
+        om, opset_fallback, (graph, diff, fp16) = _om_with_opset_fallback(tmp, plan, make_onnx, run_atc)
     else:
+        graph, diff, fp16 = make_onnx(plan.options.opset)
         log.info("ATC not found: built ONNX only (on an Ascend host, source set_env.sh or pass --atc)")
 
     manifest = {
@@ -710,7 +767,8 @@ def _build_into(tmp: Path, plan: _Plan, unsafe_load_checkpoint: bool) -> dict:
                        if plan.checkpoint else "random-init"),
         "tool_versions": {**plan.key["tools"], **({"atc": plan.atc_version} if om else {})},
         "build_options": _manifest_build_options(plan),
-        "graph": graph,
+        "graph": graph,                  # graph["opset"]: the opset of the files, as used
+        "opset_fallback": opset_fallback,
         "verification": {"max_abs_diff": diff, "tolerance": TOLERANCE,
                          **({"fp16": fp16} if fp16 else {})},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},

@@ -59,7 +59,8 @@ BUILD_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
                          " verified on class probabilities; the .om is made from the fp32 ONNX"
                          " (default fp32)")),
     "--soc-version": ("soc_version", dict(help="the chip the .om is compiled for, as `npu-smi"
-                      " info` names it with the Ascend prefix (default Ascend310P3)")),
+                      " info` names it with the Ascend prefix (default: the chips found, by pyACL on"
+                      " this host and Ray on the cluster's nodes; Ascend310P3 where none is found)")),
     "--precision-mode": ("precision_mode", dict(metavar="MODE", help="ATC --precision_mode: force_fp32,"
                          " cube_fp16in_fp32out, force_fp16, allow_fp32_to_fp16, must_keep_origin_dtype,"
                          " allow_mix_precision[_fp16|_bf16], allow_fp32_to_bf16 (default: none passed,"
@@ -68,10 +69,11 @@ BUILD_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
                             " (newer CANN; not with --precision-mode): fp16, origin, cube_fp16in_fp32out,"
                             " mixed_float16, mixed_bfloat16, mixed_hif8")),
     "--op-precision-mode": ("op_precision_mode", dict(metavar="INI", help="ATC --op_precision_mode:"
-                            " an .ini file (hashed by content)")),
+                            " an .ini file (hashed by content), or 'guide' for the Ascend guide's"
+                            " own (Gelu = high_performance); not with --op-select-implmode")),
     "--op-select-implmode": ("op_select_implmode", dict(metavar="MODE", help="ATC --op_select_implmode:"
                              " high_precision, high_performance (ATC's default), high_precision_for_all,"
-                             " high_performance_for_all")),
+                             " high_performance_for_all; not with --op-precision-mode")),
     "--keep-dtype": ("keep_dtype", dict(metavar="FILE", help="ATC --keep_dtype: a file of op names"
                      " kept at their original precision (hashed by content)")),
     "--modify-mixlist": ("modify_mixlist", dict(metavar="JSON", help="ATC --modify_mixlist: a .json"

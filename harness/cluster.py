@@ -22,8 +22,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from harness.backends import ModelSpec
+from harness.chips import ACCELERATOR_TYPE
 from harness.errors import DeviceError, HarnessError
 from harness.limits import MAX_RESTARTS, Timeouts
 from harness.stages import DecodeWorker, InferenceActor, SessionUnavailable
@@ -200,22 +202,33 @@ def actor_options(plan: DevicePlan) -> dict:
 _ONE_THREAD = {"env_vars": {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}}
 
 
-def _node_slots(plan: DevicePlan) -> list[tuple[str, str]]:
-    """(node id, node label) for each actor, spread over the nodes that have the resource."""
+@dataclass(frozen=True)
+class Slot:
+    """Where one inference actor goes: a node, its label, and its chip type when Ray knows it."""
+
+    node_id: str
+    label: str
+    soc: str | None = None
+
+
+def _node_slots(plan: DevicePlan) -> list[Slot]:
+    """One slot per actor, spread over the nodes that have the resource."""
     import ray
 
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    from harness.chips import node_socs
+
+    socs = node_socs() if plan.kind == "npu" else {}
     capacity = []
-    for n in nodes:
+    for n in (n for n in ray.nodes() if n.get("Alive")):
         have = int(n.get("Resources", {}).get(plan.ray_resource, 0))
         label = f"{n.get('NodeManagerHostname', 'node')}:{n['NodeID'][:8]}"
-        capacity.append([n["NodeID"], label, have])
-    slots: list[tuple[str, str]] = []
-    while len(slots) < plan.count and any(c[2] > 0 for c in capacity):
+        capacity.append([Slot(n["NodeID"], label, socs.get(n["NodeID"])), have])
+    slots: list[Slot] = []
+    while len(slots) < plan.count and any(c[1] > 0 for c in capacity):
         for c in capacity:  # round-robin: actors land on every node
-            if c[2] > 0 and len(slots) < plan.count:
-                c[2] -= 1
-                slots.append((c[0], c[1]))
+            if c[1] > 0 and len(slots) < plan.count:
+                c[1] -= 1
+                slots.append(c[0])
     return slots
 
 
@@ -240,11 +253,13 @@ def start_decoder(decoder, number: int, metrics: bool = True, calls: int = 1):
             .remote(decoder, metrics))
 
 
-def start_actors(spec: ModelSpec, plan: DevicePlan, decoder, num_decoders: int,
-                 metrics: bool = True, startup_s: float = Timeouts.startup,
+def start_actors(spec_for: Callable[[str | None, str], ModelSpec], plan: DevicePlan, decoder,
+                 num_decoders: int, metrics: bool = True, startup_s: float = Timeouts.startup,
                  decoder_calls: int = 1) -> tuple[list, list, list[dict]]:
     """Create the inference actors (one per device) and decode workers; wait until loaded.
 
+    ``spec_for(soc, where)`` is the model the chips of a node load (one .om per chip type:
+    harness.chips); an actor whose node's chip type Ray knows is held to nodes of that type.
     Returns ``(actors, decoders, descriptions)``; a session that fails to load raises
     its error (e.g. DeviceError for a missing aclruntime); nothing waits longer than
     ``startup_s``.
@@ -256,12 +271,21 @@ def start_actors(spec: ModelSpec, plan: DevicePlan, decoder, num_decoders: int,
     remote_actor = ray.remote(_RayInferenceActor)
     actors = []
     slots = _node_slots(plan)
-    for k in range(plan.count):
+    placed = [slots[k] if k < len(slots) else None for k in range(plan.count)]
+    # every chip type's model first (built, or refused), before any actor exists
+    specs = [spec_for(slot.soc if slot else None, f"node {slot.label}" if slot else "the cluster")
+             for slot in placed]
+    sent: dict[str, ModelSpec] = {}          # each model's bytes go to the object store once
+    for k, (slot, spec) in enumerate(zip(placed, specs)):
         options = actor_options(plan)
-        if k < len(slots):
-            node_id, label = slots[k]
-            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=True)
-            options["name"] = _unique_name(f"infer-{plan.kind}{k}@{label}")
+        if spec.identity not in sent:
+            sent[spec.identity] = put_model_file(spec)
+        spec = sent[spec.identity]
+        if slot is not None:
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(slot.node_id, soft=True)
+            options["name"] = _unique_name(f"infer-{plan.kind}{k}@{slot.label}")
+            if slot.soc:   # a restart or a busy node never lands it on chips of another type
+                options["resources"] = {**options["resources"], ACCELERATOR_TYPE + slot.soc: 0.001}
         else:
             options["name"] = _unique_name(f"infer-{plan.kind}{k}")
         actors.append(remote_actor.options(**options).remote(spec, plan.kind, k, metrics))

@@ -327,11 +327,11 @@ class BuildOptions:
     batch: int = 1                      # videos per call
     views_per_call: int | None = None   # None: all of a video's views in one call
     opset: int = 17
-    soc_version: str = "Ascend310P3"
+    soc_version: str | None = None      # None: this host's chips (pyACL), else Ascend310P3 (harness.chips)
     onnx_precision: str = "fp32"        # 'fp16': also a float16 ONNX for onnxruntime (GPUs), verified
     precision_mode: str | None = None   # ATC --precision_mode (None: ATC's default, force_fp16)
     precision_mode_v2: str | None = None  # ATC --precision_mode_v2 (newer CANN; not with precision_mode)
-    op_precision_mode: str | None = None  # ATC --op_precision_mode (path to an .ini)
+    op_precision_mode: str | None = None  # ATC --op_precision_mode (path to an .ini, or a preset: guide)
     keep_dtype: str | None = None       # ATC --keep_dtype (path to a file of ops kept at their precision)
     modify_mixlist: str | None = None   # ATC --modify_mixlist (path to a .json; mixed modes only)
     op_select_implmode: str | None = None  # ATC --op_select_implmode (high_precision, high_performance)
@@ -354,6 +354,10 @@ def _check_precision_options(options: BuildOptions) -> None:
                 hint = f" ({value!r} is a value of {twin})"
             raise ConfigError(f"config key {flag(name)} is {value!r}{hint}; ATC accepts one of:"
                               f" {', '.join(allowed)} (docs/build.md, Precision)")
+    if options.op_precision_mode is not None and options.op_select_implmode is not None:
+        raise ConfigError(f"config keys {flag('op_precision_mode')} and {flag('op_select_implmode')}"
+                          " cannot be combined: ATC takes only --op_precision_mode when both are given"
+                          " (the other is silently ignored); give only one")
     if options.precision_mode is not None and options.precision_mode_v2 is not None:
         raise ConfigError(f"config keys {flag('precision_mode')} and {flag('precision_mode_v2')} cannot"
                           " be combined: ATC takes one or the other (precision_mode_v2 is the newer"

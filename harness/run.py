@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from harness import cli
 from harness.backends import BACKENDS, ModelSpec
+from harness.chips import ChipModels
 from harness.cluster import DevicePlan
 from harness.errors import ConfigError, HarnessError
 from harness.limits import Timeouts
@@ -205,6 +206,7 @@ class Job:
     audited: list = field(default_factory=list)   # the audit's entries (harness.audit)
     reference: ModelSpec | None = None            # what scores them in fp32
     reference_what: str = ""
+    models: ChipModels | None = None   # om: the .om of each chip type (harness.chips)
 
 
 def prepare(args: argparse.Namespace) -> Job:
@@ -225,9 +227,9 @@ def prepare(args: argparse.Namespace) -> Job:
         ann_file, prefix, job_entries, list_sha256 = load_entries(cfg, args, options)
     work = Path(args.work_dir or Path("work_dirs") / config_name(cfg))
     lock = results.lock_work_dir(work)       # before the build: a second driver stops at once
-    spec, artifact = resolve_model(cfg, args, plan, options)
+    spec, models, artifact = resolve_model(cfg, args, plan, options)
     if args.bench_only:
-        return Job(cfg, plan, spec, artifact, work, options, settings, lock)
+        return Job(cfg, plan, spec, artifact, work, options, settings, lock, models=models)
 
     from harness.data import ViewDecoder, storage
 
@@ -260,7 +262,7 @@ def prepare(args: argparse.Namespace) -> Job:
                  len(job_entries) - len(todo), len(job_entries), work, len(todo))
     return Job(cfg, plan, spec, artifact, work, options, settings, lock,
                ViewDecoder.from_config(cfg, options), job_entries, todo, ann_file, prefix, subset,
-               audited, reference, reference_what)
+               audited, reference, reference_what, models)
 
 
 def decoder_calls(data_prefix: str | None) -> int:
@@ -297,8 +299,10 @@ def device_plan(args) -> DevicePlan:
     raise ConfigError("say which devices to use: --npus N, --gpus N or --cpus N")
 
 
-def resolve_model(cfg, args, plan: DevicePlan, options) -> tuple[ModelSpec, dict]:
-    """The ModelSpec the actors load (building the artifact if needed), and the summary's
+def resolve_model(cfg, args, plan: DevicePlan, options):
+    """``(spec, models, artifact)``: the ModelSpec the actors load (building the artifact if
+    needed), for the om backend the model of each chip type (harness.chips.ChipModels: the
+    first is for this host's chips, else --soc-version, else Ascend310P3), and the summary's
     ``artifact`` entry; ``options``: the resolved HarnessOptions."""
     backend = args.backend or ("om" if args.om else "onnxruntime" if args.onnx
                                else DEFAULT_BACKEND[plan.kind])
@@ -315,8 +319,14 @@ def resolve_model(cfg, args, plan: DevicePlan, options) -> tuple[ModelSpec, dict
                           " precision is a build option (docs/build.md, \"Precision\")")
     if args.random_weights:
         log.warning("evaluating random weights (--random-weights): the predictions are meaningless")
+    models = None
     if args.om or args.onnx:
         spec = ModelSpec.from_model_file(args.om or args.onnx, backend, cfg)
+        if backend == "om":
+            from harness.chips import ChipModels, om_soc
+
+            soc = om_soc(spec.path)
+            models = ChipModels(spec, soc, pinned=f"--om {args.om} was built for {soc}")
     elif backend == "torch":
         if not args.checkpoint:
             raise ConfigError("--backend torch needs --checkpoint (random weights would differ per actor)")
@@ -327,14 +337,31 @@ def resolve_model(cfg, args, plan: DevicePlan, options) -> tuple[ModelSpec, dict
                                          batch=args.batch or o.build.batch)
     else:
         from harness.build import build_artifact
+        from harness.chips import DEFAULT_SOC, ChipModels, host_soc
 
-        artifact = build_artifact(cfg, args.checkpoint, build_dir=args.build_dir, atc=args.atc,
-                                  require_om=(backend == "om"),
-                                  unsafe_load_checkpoint=args.unsafe_load_checkpoint,
-                                  **cli.build_overrides(args))
-        spec = ModelSpec.from_artifact(artifact.directory, backend)
-    return spec, {"manifest": spec.manifest_path, "hash": spec.identity,
-                  "model": spec.path or spec.checkpoint}
+        overrides = cli.build_overrides(args)
+
+        def build(soc: str | None) -> ModelSpec:
+            artifact = build_artifact(cfg, args.checkpoint, build_dir=args.build_dir, atc=args.atc,
+                                      require_om=(backend == "om"),
+                                      unsafe_load_checkpoint=args.unsafe_load_checkpoint,
+                                      **{**overrides, "soc_version": soc})
+            return ModelSpec.from_artifact(artifact.directory, backend)
+
+        pinned = overrides.get("soc_version") or options.build.soc_version
+        soc = (pinned or host_soc() or DEFAULT_SOC) if backend == "om" else None
+        spec = build(soc)
+        if backend == "om":
+            models = ChipModels(spec, soc, build=None if pinned else build,
+                                pinned=f"--soc-version {pinned} was given" if pinned else "")
+    if models is not None:
+        from harness.chips import host_soc
+
+        chips = host_soc()
+        if chips:                 # this host's chips: a wrong .om stops here, before Ray starts
+            models.spec_for(chips, "this host")
+    return spec, models, {"manifest": spec.manifest_path, "hash": spec.identity,
+                          "model": spec.path or spec.checkpoint}
 
 
 def load_entries(cfg, args, options):
@@ -486,7 +513,9 @@ def evaluate(job: Job, runner, on_result: Callable[[VideoResult], None] | None =
         with interrupts:
             sessions = runner.start(Deployment(job.spec, job.plan, job.decoder, s.decoders,
                                                job.reference if auditor else None,
-                                               decoder_calls(job.data_prefix)))
+                                               decoder_calls(job.data_prefix), job.models))
+            if simulated_note(sessions):
+                log.warning("%s", simulated_note(sessions))
             if auditor is not None and runner.reference_error:
                 audit, auditor = AuditOutcome([], runner.reference_error, {}), None
             url = getattr(runner, "dashboard_url", None)
@@ -546,6 +575,7 @@ def finish(job: Job, outcome: Outcome) -> dict:
         path = job.work / results.SUMMARY_FILE
         summary = json.loads(path.read_text()) if path.exists() else {}
         summary["bench"] = outcome.bench
+        summary["simulated_devices"] = simulated_note(outcome.sessions)
         table = results.job_table(job.work, summary.get("limit"))
     else:
         table = results.job_table(job.work, indices=[e.index for e in job.entries])
@@ -553,10 +583,11 @@ def finish(job: Job, outcome: Outcome) -> dict:
         open_gop = faults.pop("open_gop")     # (this invocation's files)
         summary = results.summarize(
             table, wall_s=outcome.wall_s, processed=outcome.processed, backend=job.spec.backend,
-            artifact=job.artifact, bench=outcome.bench,
+            artifact=artifact_section(job), bench=outcome.bench,
             extra={"faults": faults, "interrupted": outcome.interrupted, "stopped": outcome.stopped,
                    "decoding": {"seek": job.options.seek, "open_gop_files": open_gop},
                    "sessions": outcome.sessions,
+                   "simulated_devices": simulated_note(outcome.sessions),
                    "work_dir": str(job.work), "ann_file": job.ann_file,
                    "data_prefix": job.data_prefix, "limit": job.settings.limit,
                    "ray": job.settings.ray,
@@ -585,6 +616,24 @@ def execute(args: argparse.Namespace,
         raise RunStopped(f"{outcome.stopped}\n(the summary and report of what was recorded are"
                          f" in {job.work})")
     return summary
+
+
+def artifact_section(job: Job) -> dict:
+    """summary.json's ``artifact``: the model, and the one of each chip type when several."""
+    by_soc = job.models.specs() if job.models is not None else {}
+    if len(by_soc) < 2:
+        return job.artifact
+    return {**job.artifact, "by_soc": {soc: {"hash": spec.identity, "model": spec.path}
+                                       for soc, spec in by_soc.items()}}
+
+
+SIMULATED = ("SIMULATED DEVICES: the chips of this run are test doubles (tests/doubles); its"
+             " accuracy and speed are not an NPU's and must not be reported as such")
+
+
+def simulated_note(sessions: list[dict]) -> str | None:
+    """The warning a run on test doubles carries everywhere (terminal, summary, report)."""
+    return SIMULATED if any(d.get("simulated") for d in sessions) else None
 
 
 def audit_section(job: Job, audit: AuditOutcome) -> dict | None:
@@ -680,6 +729,8 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(summary))
     if summary.get("bench"):
         print(format_bench(summary["bench"]))
+    if summary.get("simulated_devices"):
+        print(f"warning: {summary['simulated_devices']}", file=sys.stderr)
     work = Path(summary.get("work_dir", args.work_dir or "."))
     print(f"results: {work / 'predictions.parquet'}, {work / 'summary.json'}, {work / 'report.html'}")
     manifest = (summary.get("artifact") or {}).get("manifest")

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Protocol
 
 from harness.backends import ModelSpec
+from harness.chips import ChipModels
 from harness.cluster import DevicePlan
 from harness.config import RunOptions
 from harness.errors import HarnessError
@@ -48,6 +49,12 @@ class Deployment:
     decoders: int | None = None          # decode workers (Ray; default: the free CPUs)
     reference: ModelSpec | None = None   # the audit's fp32 reference, on a CPU
     decoder_calls: int = 1               # calls a decode worker holds (stages.READ_AHEAD: objects)
+    models: ChipModels | None = None     # om: the .om of each chip type (harness.chips)
+
+    def spec_for(self, soc: str | None, where: str) -> ModelSpec:
+        """The spec chips of type ``soc`` on ``where`` load (``spec`` unless the run has a
+        model per chip type)."""
+        return self.models.spec_for(soc, where) if self.models is not None else self.spec
 
 
 class Runner(Protocol):
@@ -161,8 +168,7 @@ class RayRunner:
     def start(self, deployment: Deployment) -> list[dict]:
         from harness import cluster
 
-        spec, plan, decoder, decoders = (deployment.spec, deployment.plan, deployment.decoder,
-                                         deployment.decoders)
+        plan, decoder, decoders = deployment.plan, deployment.decoder, deployment.decoders
         reference, decoder_calls = deployment.reference, deployment.decoder_calls
 
         others = int(reference is not None)      # the audit's reference actor takes a CPU
@@ -172,9 +178,8 @@ class RayRunner:
                                                                others)
         if decoder is None:
             initial = self._max_decoders = 0
-        spec = cluster.put_model_file(spec)
         self.actors, self.decoders, descriptions = cluster.start_actors(
-            spec, plan, decoder, initial, startup_s=self.options.startup_timeout,
+            deployment.spec_for, plan, decoder, initial, startup_s=self.options.startup_timeout,
             decoder_calls=decoder_calls)
         self._decoder_calls = decoder_calls
         if reference is not None:   # a side measurement: the run goes on without it

@@ -4,7 +4,8 @@
   Never imports torch. It enforces the decode timeout itself: a read that hangs (a stalled
   network filesystem) is abandoned in its thread and the video answered ``timeout``.
 - :class:`InferenceActor`: one device's model session, loaded once; views -> per-video scores,
-  and the benchmark loops. A session that takes several videos per call gets them through
+  and the benchmark loops. One thread of the actor owns the session (harness.backends.
+  device_thread); a session that takes several videos per call gets them through
   :class:`_Batcher` (dynamic batching of the calls the actor's threads serve at once). A node
   that cannot see the model file gets its bytes through Ray's object store into a node-local cache keyed by their sha256 (:func:`local_model_file`).
 - :class:`VideoResult`: one row of predictions.parquet.
@@ -32,6 +33,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from harness.backends import ModelSpec, open_session
+from harness.backends.device_thread import DeviceThread
 from harness.errors import DeviceError, HarnessError
 from harness.reasons import Reason, VideoError
 from harness.scores import average_views, top_k
@@ -303,8 +305,8 @@ class _Request:
 class _Batcher:
     """Dynamic batching inside one inference actor. The actor's threads (Ray runs up to
     ``max_concurrency`` calls at once) hand in one video each; whoever finds the device free
-    runs every waiting video, up to ``size``, in one device call, and the others wait for
-    their answer. Nothing waits for a batch to fill: a call runs with what has arrived, so the
+    prepares every waiting video, up to ``size``, and hands them to the device thread as one
+    call; the others wait for their answer. Nothing waits for a batch to fill: a call runs with what has arrived, so the
     last, partial batch of a list goes at once (padded by the caller). A failed batch of
     several is retried one video at a time: one bad input does not fail its neighbours."""
 
@@ -386,14 +388,15 @@ def local_model_file(path: str, sha256: str | None, blob) -> str:
     return str(cached)
 
 
-def _physical_id(kind: str, ordinal: int) -> str:
-    """The physical device id Ray assigned (for reports), else the ordinal."""
+def _assigned_id(kind: str) -> str | None:
+    """The physical device id Ray assigned this actor (``get_accelerator_ids``); None outside
+    Ray and for CPUs."""
     if _in_ray_worker() and kind in ("npu", "gpu"):
         import ray
         ids = ray.get_runtime_context().get_accelerator_ids().get(kind.upper()) or []
         if ids:
             return str(ids[0])
-    return str(ordinal)
+    return None
 
 
 class InferenceActor:
@@ -406,14 +409,22 @@ class InferenceActor:
     def __init__(self, spec: ModelSpec, device_kind: str, slot: int = 0, metrics: bool = True,
                  session=None) -> None:
         ordinal = 0 if (_in_ray_worker() and device_kind != "cpu") else slot
+        assigned = _assigned_id(device_kind)
         if spec.file_blob is not None and session is None:   # sent through the cluster
             spec = spec.with_model_file(local_model_file(spec.model_file, spec.file_sha256,
                                                          spec.file_blob))
         self.spec = spec
         self.kind = device_kind
-        # ``session``: an already made Session (instruments such as benchmarks/pipeline.py)
-        self.session = session or open_session(spec, device_kind, ordinal)
-        physical = _physical_id(device_kind, ordinal) if device_kind != "cpu" else str(slot)
+        # One thread owns the session: opens, feeds, runs and closes it (harness.backends.
+        # device_thread: ACL contexts belong to threads). ``session``: an already made Session
+        # (instruments such as benchmarks/pipeline.py).
+        self._device = DeviceThread(lambda: session or open_session(spec, device_kind, ordinal,
+                                                                    assigned=assigned))
+        self.session = self._device.session
+        if device_kind == "cpu":
+            physical = str(slot)
+        else:   # the chip the session opened (an NPU session checks), else Ray's id
+            physical = getattr(self.session, "physical_id", None) or assigned or str(ordinal)
         self.device = f"{device_kind}:{physical}"
         self.node = node_label()
         self.metrics = Metrics(metrics)
@@ -435,7 +446,8 @@ class InferenceActor:
                 "input_dtype": str(self.session.input_dtype),
                 "batch": batch, "views_per_call": per_call,
                 "videos_per_call": self.videos_per_call,
-                "precision": getattr(self.session, "effective_precision", None)}
+                "precision": getattr(self.session, "effective_precision", None),
+                "simulated": getattr(self.session, "simulated", None)}
 
     def _prepare(self, views: np.ndarray) -> np.ndarray:
         """uint8 views ``(V, 3, T, H, W)`` -> what the session takes (normalized on the host
@@ -454,7 +466,8 @@ class InferenceActor:
         if calls * step != total:  # pad the last call; padded rows are dropped below
             pad = np.zeros((calls * step - total, *x.shape[1:]), dtype=x.dtype)
             x = np.concatenate([x, pad])
-        outputs = [self.session.run(x[i * step:(i + 1) * step].reshape(batch, per_call, *x.shape[1:]))
+        outputs = [self._device.call(self.session.run,
+                                     x[i * step:(i + 1) * step].reshape(batch, per_call, *x.shape[1:]))
                    for i in range(calls)]
         return np.concatenate(outputs)[:total]
 
@@ -489,19 +502,30 @@ class InferenceActor:
             x = rng.integers(0, 256, size=shape, dtype=np.uint8)
         else:
             x = rng.standard_normal(size=shape).astype(self.session.input_dtype)
+        latencies, executes = self._device.call(self._timed_calls, x, loops, warmup)
+        return {"device": self.device, "node": self.node, "latencies_ms": latencies,
+                "execute_ms": executes, "views_per_call": batch * per_call,
+                "views_per_video": self.spec.views_per_video,
+                "videos_per_call": self.videos_per_call}
+
+    def _timed_calls(self, x: np.ndarray, loops: int, warmup: int) -> tuple[list, list | None]:
+        """On the device thread: each call's time in ms as the harness sees it, and the
+        runtime's own execute time of the same calls where it keeps one (``sumary()``)."""
+        run = self.session.run
+        executed = getattr(self.session, "execute_ms", None)
         for _ in range(warmup):
-            self.session.run(x)
+            run(x)
+        if executed is not None:
+            executed()                       # drop what came before the timed calls
         latencies = []
         for _ in range(loops):
             start = time.perf_counter()
-            self.session.run(x)
+            run(x)
             latencies.append((time.perf_counter() - start) * 1000.0)
-        return {"device": self.device, "node": self.node, "latencies_ms": latencies,
-                "views_per_call": batch * per_call, "views_per_video": self.spec.views_per_video,
-                "videos_per_call": self.videos_per_call}
+        return latencies, (executed() if executed is not None else None)
 
     def close(self) -> None:
-        self.session.close()
+        self._device.close()
 
 
 def call_layout(input_shape: Iterable[int], views_per_video: int) -> tuple[int, int]:

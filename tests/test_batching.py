@@ -11,28 +11,7 @@ import pytest
 
 from harness.backends import ModelSpec
 from harness.stages import InferenceActor, _Batcher
-from pipeline_support import CONFIG, shared_inputs
-
-
-def concurrently(fn, args: list) -> list:
-    """``fn(a)`` for each of ``args``, each in its own thread started together (as a Ray
-    threaded actor runs the calls queued at it); the answers in order."""
-    out: list = [None] * len(args)
-    start = threading.Barrier(len(args))
-
-    def one(k):
-        start.wait()
-        try:
-            out[k] = fn(args[k])
-        except Exception as exc:  # returned, for the test to look at
-            out[k] = exc
-
-    threads = [threading.Thread(target=one, args=(k,)) for k in range(len(args))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    return out
+from pipeline_support import CONFIG, concurrently, shared_inputs
 
 
 class SlowDevice:

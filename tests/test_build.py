@@ -333,6 +333,60 @@ def test_atc_failure_names_its_log(tmp_path, fake_atc, monkeypatch):
     assert _complete_dirs(tmp_path) == []
 
 
+def test_an_atc_that_rejects_the_opset_gets_the_guides_opset_11_verified(tmp_path, fake_atc,
+                                                                         monkeypatch, caplog):
+    import onnx
+
+    monkeypatch.setenv("FAKE_ATC_MAX_OPSET", "13")            # an ATC that stops at opset 13
+    with caplog.at_level("WARNING", logger="harness.build"):
+        art = hb.build_artifact(TINY, build_dir=tmp_path)   # the default opset, 17
+    model = onnx.load(str(art.onnx_path))
+    assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [11]
+    assert art.manifest["graph"]["opset"] == 11
+    fallback = art.manifest["opset_fallback"]
+    assert (fallback["requested"], fallback["used"]) == (17, 11) and "opset 17" in fallback["atc_error"]
+    assert "opset 17" in (art.directory / fallback["atc_log"]).read_text()   # the first try's log
+    assert art.manifest["verification"]["max_abs_diff"] <= hb.TOLERANCE      # verified again
+    assert art.om_path.read_bytes().split(b"\n", 2)[2] == art.onnx_path.read_bytes()
+    assert "exporting again at opset 11" in caplog.text
+    assert hb.build_artifact(TINY, build_dir=tmp_path).reused
+
+
+def test_an_atc_failing_at_both_opsets_says_so(tmp_path, fake_atc, monkeypatch):
+    monkeypatch.setenv("FAKE_ATC_FAIL", "1")
+    with pytest.raises(BuildError, match="at opset 17 and again at the guide's opset 11"):
+        hb.build_artifact(TINY, build_dir=tmp_path)
+
+
+def test_op_precision_mode_with_op_select_implmode_is_refused(tmp_path, no_atc, fake_builder, capsys):
+    code = hb.main(["--config", str(TINY), "--build-dir", str(tmp_path), "--op-precision-mode",
+                    "guide", "--op-select-implmode", "high_precision"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and "cannot be combined" in err
+    assert len(err.strip().splitlines()) == 1 and fake_builder == []
+
+
+def test_the_guides_op_precision_file_is_a_preset_hashed_by_content(tmp_path, quick_om):
+    art = quick_om(tmp_path / "b", op_precision_mode="guide")
+    given = [a for a in _atc_argv_of(art) if a.startswith("--op_precision_mode=")]
+    assert len(given) == 1
+    assert Path(given[0].split("=", 1)[1]).read_text() == "Gelu = high_performance\n"   # the guide's
+    mine = tmp_path / "my_op_precision.ini"
+    mine.write_text("Gelu = high_performance\n")
+    assert quick_om(tmp_path / "b", op_precision_mode=str(mine)).directory == art.directory
+
+
+def test_without_soc_version_the_om_is_for_this_hosts_chips(tmp_path, quick_om, monkeypatch):
+    from pipeline_support import use_fake_aclruntime
+
+    monkeypatch.setenv("FAKE_ACL_SOC", "Ascend310P1")     # pyACL (the double) names the chips
+    use_fake_aclruntime()
+    art = quick_om(tmp_path / "b")
+    assert art.manifest["soc_version"] == "Ascend310P1" and _om_header(art)["soc_version"] == "Ascend310P1"
+    pinned = quick_om(tmp_path / "b", soc_version="Ascend310P3")    # given: as given
+    assert _om_header(pinned)["soc_version"] == "Ascend310P3" and pinned.directory != art.directory
+
+
 def test_atc_double_checks_the_input_shape(tmp_path, tiny_vpc3):
     art = tiny_vpc3
     base = [str(DOUBLES / "atc"), "--framework=5", f"--model={art.onnx_path}",
@@ -398,22 +452,19 @@ def _om_header(art) -> dict:
 
 def test_precision_options_reach_atc_and_the_manifest(tmp_path, quick_om, precision_files):
     files = {name: str(path) for name, path in precision_files.items()}
-    art = quick_om(tmp_path / "b", precision_mode_v2="mixed_float16", op_select_implmode="high_precision",
-                   **files)
+    art = quick_om(tmp_path / "b", precision_mode_v2="mixed_float16", **files)
     argv = _atc_argv_of(art)
     assert argv[argv.index("--precision_mode_v2=mixed_float16"):] == [
         "--precision_mode_v2=mixed_float16", f"--op_precision_mode={precision_files['op_precision_mode']}",
-        "--op_select_implmode=high_precision", f"--keep_dtype={precision_files['keep_dtype']}",
+        f"--keep_dtype={precision_files['keep_dtype']}",
         f"--modify_mixlist={precision_files['modify_mixlist']}", "--log=error"]
     assert not any(a.startswith("--precision_mode=") for a in argv)
     header = _om_header(art)                      # the double recorded what it was given
     assert header["precision_mode_v2"] == "mixed_float16" and header["precision_mode"] is None
-    assert header["op_select_implmode"] == "high_precision"
     assert header["keep_dtype"] == files["keep_dtype"] and header["modify_mixlist"] == files["modify_mixlist"]
 
     options = art.manifest["build_options"]
     assert options["precision_mode_v2"] == "mixed_float16" and options["precision_mode"] is None
-    assert options["op_select_implmode"] == "high_precision"
     for name, path in precision_files.items():    # files by name and content, not by path
         assert options[name] == {"file": path.name, "sha256": hb.sha256_file(path)}
     precision = art.manifest["precision"]
@@ -474,7 +525,8 @@ def test_precision_options_are_not_part_of_an_onnx_only_hash(tmp_path, no_atc, f
     plain = hb.build_artifact(TINY, build_dir=tmp_path)
     given = hb.build_artifact(TINY, build_dir=tmp_path, precision_mode_v2="mixed_float16",
                               op_select_implmode="high_precision",
-                              **{name: str(path) for name, path in precision_files.items()})
+                              **{name: str(path) for name, path in precision_files.items()
+                                 if name != "op_precision_mode"})   # (exclusive of implmode)
     assert given.reused and given.directory == plain.directory and len(fake_builder) == 1
     # ...but a wrong one is still an error, with or without ATC
     with pytest.raises(ConfigError, match="precision_mode_v2"):

@@ -209,7 +209,7 @@ def test_decode_workers_never_import_torch(inputs, cluster):
 
     spec = ModelSpec.from_artifact(inputs.artifact.directory, "onnxruntime")
     decoder = ViewDecoder.from_config(load_config(CONFIG))
-    actors, decoders, _ = start_actors(spec, DevicePlan("cpu", 1), decoder, 1)
+    actors, decoders, _ = start_actors(lambda soc, where: spec, DevicePlan("cpu", 1), decoder, 1)
     try:
         path = str(inputs.videos / inputs.good_list.read_text().split()[0])
         status_ref, views_ref = decoders[0].decode.options(num_returns=2).remote(0, path)

@@ -12,11 +12,13 @@ from harness.errors import ConfigError
 __all__ = ["BACKENDS", "ModelSpec", "Session", "dtype_of", "open_session"]
 
 
-def open_session(spec: ModelSpec, device_kind: str, device_index: int, threads: int = 1) -> Session:
+def open_session(spec: ModelSpec, device_kind: str, device_index: int, threads: int = 1,
+                 assigned: str | None = None) -> Session:
     """Open ``spec``'s model with its backend on device ``device_kind:device_index``.
 
     ``device_index`` is the ordinal the process sees (0 inside a Ray actor that holds one
-    chip). ``threads`` bounds the runtime's CPU thread pool (the actor's CPU share).
+    chip); ``assigned`` the physical id Ray gave the actor (an NPU session checks whether the
+    runtime maps it to that ordinal). ``threads`` bounds the runtime's CPU thread pool.
     """
     if spec.backend not in BACKENDS:
         raise ConfigError(f"unknown backend {spec.backend!r}; use one of {', '.join(BACKENDS)}")
@@ -25,7 +27,7 @@ def open_session(spec: ModelSpec, device_kind: str, device_index: int, threads: 
     threads = max(1, int(threads))
     if spec.backend == "om":
         from harness.backends.om_backend import OmSession
-        return OmSession(spec.path, device_index)
+        return OmSession(spec.path, device_index, assigned)
     if spec.backend == "onnxruntime":
         from harness.backends.onnxruntime_backend import OrtSession
         return OrtSession(spec.path, device_kind, device_index, threads)

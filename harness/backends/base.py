@@ -44,6 +44,12 @@ class Session(Protocol):
     def close(self) -> None:
         """Release the model and the device."""
 
+    # Optional, where a runtime has them (harness.backends.om_backend):
+    #   physical_id: str           the chip the session opened, for reports
+    #   simulated: bool            the runtime is a test double (tests/doubles): not a real chip
+    #   execute_ms() -> list[float]   the runtime's own execute time of each call since the
+    #                              last ask (aclruntime's sumary().exec_time_list)
+
 
 @dataclass(frozen=True)
 class ModelSpec:
