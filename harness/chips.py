@@ -21,12 +21,11 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable
 
 from harness.errors import ConfigError
 
-if TYPE_CHECKING:
-    from harness.backends import ModelSpec
+ModelSpec = Any   # harness.backends.ModelSpec (not imported: harness.build imports this module)
 
 log = logging.getLogger(__name__)
 

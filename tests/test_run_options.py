@@ -30,6 +30,7 @@ def _run_argv(inputs, work, *extra):
 
 def test_run_reuses_what_build_made_given_the_same_words(inputs, tmp_path, monkeypatch, capsys):
     use_fake_aclruntime()
+    monkeypatch.setenv("FAKE_ACL_SOC", "Ascend910B")   # the chips the words build for
     build_dir = tmp_path / "build"
     words = ["--soc-version", "Ascend910B", "--views-per-call", "3", "--atc", str(inputs.atc),
              "--build-dir", str(build_dir)]
