@@ -5,7 +5,8 @@ video by video, while the run happens?
   run audits the same ones).
 - :func:`reference_spec`: what the reference runs: onnxruntime on the artifact's ONNX for an
   .om (the same build directory), else the device's own model file or checkpoint, in fp32 on a
-  CPU. None (with the reason) when there is nothing to compare against.
+  CPU. None (with the reason) when there is nothing to compare against, or when the device is
+  a CPU already running that very reference (the audit would compare the model with itself).
 - :class:`Auditor`: pairs each audited video's device answer (its per-view logits) with the
   reference's, from the same decoded clip (the scheduler sends one ObjectRef to both), and
   writes the pair to ``audit.parquet`` in the work dir as it completes (resume keeps them).
@@ -57,8 +58,20 @@ def default_videos(backend: str, device_kind: str, precision: str = "fp32") -> i
     return DEFAULT_VIDEOS if reduced else 0
 
 
-def reference_spec(spec) -> tuple[object | None, str]:
-    """(the reference's ModelSpec, what it is) or (None, why there is none)."""
+NOTHING_TO_AUDIT = ("nothing to audit: the device model is already the fp32 reference on a CPU"
+                    " (an audit would compare it with itself)")
+
+
+def reference_spec(spec, device_kind: str | None = None) -> tuple[object | None, str]:
+    """(the reference's ModelSpec, what it is) or (None, why there is none); on CPU devices
+    (``device_kind`` 'cpu') a reference equal to the device's model is none."""
+    reference, what = _reference(spec)
+    if device_kind == "cpu" and reference == spec:
+        return None, NOTHING_TO_AUDIT
+    return reference, what
+
+
+def _reference(spec) -> tuple[object | None, str]:
     from harness.backends import ModelSpec
 
     if spec.backend == "om":

@@ -85,7 +85,16 @@ def format_bench(bench: dict) -> str:
         lines.append("mean ms: the harness's call (host tensor, copies, execution); exec ms: the"
                      " chip's execution alone (sumary()); ais_bench: videos/s from exec ms, as"
                      " ais_bench reports it")
-    if bench.get("end_to_end_videos_per_s"):
-        lines.append(f"end-to-end {bench['end_to_end_videos_per_s']:.3f} videos/s;"
-                     f" pipeline efficiency {bench['pipeline_efficiency']:.2f}")
+    if efficiency_line(bench):
+        lines.append(efficiency_line(bench))
     return "\n".join(lines)
+
+
+def efficiency_line(bench: dict) -> str | None:
+    """The pipeline efficiency with what it means, for the terminal and the report (None
+    without an evaluation to compare the loops with)."""
+    if not bench.get("end_to_end_videos_per_s") or bench.get("pipeline_efficiency") is None:
+        return None
+    return (f"end-to-end {bench['end_to_end_videos_per_s']:.3f} videos/s: pipeline efficiency"
+            f" {bench['pipeline_efficiency']:.2f} of the loops' {bench['aggregate_videos_per_s']:.3f}"
+            " (below 1, the devices waited for decoded clips or shared CPU cores with the decoders)")

@@ -353,7 +353,13 @@ def _plan(cfg, checkpoint, atc, overrides) -> _Plan:
 def _locked(lock_path: Path) -> Iterator[None]:
     import fcntl
 
-    with open(lock_path, "a+") as fh:
+    try:
+        fh = open(lock_path, "a+")
+    except OSError as exc:   # a read-only cache can serve finished builds, not make one
+        raise ConfigError(f"cannot build in --build-dir {lock_path.parent}:"
+                          f" {exc.strerror or exc}; make it writable or give another --build-dir"
+                          " (the artifact cache; default: build)") from None
+    with fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)  # released when the file closes, or the process dies
         try:
             yield
@@ -370,6 +376,23 @@ def _remove_stale(build_dir: Path, short: str) -> None:
 
 # ---------------------------------------------------------------- public entry
 
+def usable_build_dir(build_dir: str | Path) -> Path:
+    """``build_dir``, created if needed; a ConfigError naming the fix when it cannot be (a file
+    in the way, no permission), before any of the build's minutes are spent."""
+    path = Path(build_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    except FileExistsError:
+        why = "it is a file, not a folder"
+    except NotADirectoryError:
+        why = "a file is in the way on its path"
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+    raise ConfigError(f"cannot use --build-dir {path}: {why}; give another --build-dir (a folder"
+                      " you can create and write; default: build)")
+
+
 def build_artifact(cfg, checkpoint: str | Path | None = None, *, build_dir: str | Path = "build",
                    atc: str | None = None, require_om: bool = False,
                    unsafe_load_checkpoint: bool = False, **build_overrides: Any) -> Artifact:
@@ -381,6 +404,7 @@ def build_artifact(cfg, checkpoint: str | Path | None = None, *, build_dir: str 
     """
     if isinstance(cfg, (str, Path)):
         cfg = hcfg.load_config(cfg)
+    build_dir = usable_build_dir(build_dir)
     plan = _plan(cfg, checkpoint, atc, {k: v for k, v in build_overrides.items() if v is not None})
     if plan.atc is None and require_om:
         raise BuildError("an .om was required (--require-om) but ATC was not found: on an Ascend"
@@ -696,11 +720,8 @@ def _build_into(tmp: Path, plan: _Plan, unsafe_load_checkpoint: bool) -> dict:
     t0 = time.perf_counter()
     torch.manual_seed(0)          # random-init artifacts are reproducible
     model = build_model(plan.model_cfg)
-    if plan.checkpoint is not None:
+    if plan.checkpoint is not None:   # (else random weights: the command line warns)
         load_checkpoint(model, plan.checkpoint, unsafe=unsafe_load_checkpoint)
-    else:
-        log.warning("no checkpoint given: building with random weights (the artifact's"
-                    " predictions are meaningless; pass --checkpoint for real ones)")
     timings["model"] = time.perf_counter() - t0
     wrapped = _input_stage(model.eval(), plan.norm, plan.options.input_dtype)
 
@@ -782,19 +803,44 @@ def _build_into(tmp: Path, plan: _Plan, unsafe_load_checkpoint: bool) -> dict:
 
 # ---------------------------------------------------------------- command line
 
+_EPILOG = """\
+examples:
+  python -m harness.build configs/swin_small_k400.py swin_small.pth
+  python -m harness.build --config configs/swin_small_k400.py --checkpoint swin_small.pth \\
+      --views-per-call 4 --require-om
+  It prints the artifact's folder; harness.run given the same build options reuses it.
+  Every option, in detail: docs/build.md.
+
+exit status:
+  0    built, or reused from the cache
+  2    a user error (one line on stderr says what to fix), a failed verification or ATC run
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m harness.build",
-                                description="Build (once) the verified ONNX / Ascend .om for a config.")
-    cli.add_config_arguments(p)
-    p.add_argument("--checkpoint", help="the .pth to load (default: random weights, with a warning)")
-    p.add_argument("--require-om", action="store_true", help="fail unless an .om is produced")
-    cli.add_build_arguments(p)
+                                usage="python -m harness.build CONFIG [CHECKPOINT] [options]\n"
+                                "       python -m harness.build --config CFG [--checkpoint PTH] [options]",
+                                description="Build (once) the verified ONNX / Ascend .om for a config.",
+                                epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_version_argument(p)
     cli.add_verbosity_arguments(p)
+    weights = p.add_argument_group("model and weights")
+    cli.add_positional_model(weights)
+    cli.add_config_arguments(weights, required=False)
+    weights.add_argument("--checkpoint", metavar="PTH",
+                         help="the .pth to load (default: random weights, with a warning)")
+    weights.add_argument("--require-om", action="store_true", help="fail unless an .om is produced")
+    cli.add_build_arguments(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    p = _parser()
+    args = p.parse_args(argv)
+    cli.merge_positional_model(p, args)
+    if not args.config:
+        p.error("--config is required (or CONFIG first)")
     cli.setup_logging(args)
     try:
         artifact = build_artifact(
@@ -804,6 +850,9 @@ def main(argv: list[str] | None = None) -> int:
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if not args.checkpoint:   # here, not in the build: harness.run --random-weights says it once
+        log.warning("no checkpoint given: the artifact has random weights (its predictions are"
+                    " meaningless; pass --checkpoint for real ones)")
     if artifact.om_path is None:
         print("note: ATC not found, built ONNX only (an .om needs the CANN toolkit: see docs/build.md)",
               file=sys.stderr)

@@ -32,7 +32,7 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
 
 def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
     """``--config`` and ``--cfg-options``."""
-    parser.add_argument("--config", required=required,
+    parser.add_argument("--config", required=required, metavar="CFG",
                         help="mmengine-style config (.py): a path (must exist), or the bare name of"
                         " one in the project's configs/ (e.g. swin_small_k400). The reference"
                         " repository's own config files load unchanged")
@@ -44,21 +44,59 @@ def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True)
                         " 'model.test_cfg.average_clips=score'; lists as [a,b]")
 
 
+def add_positional_model(group) -> None:
+    """``CONFIG [CHECKPOINT]`` in the order of mmaction2's ``tools/test.py``: the same as
+    ``--config`` / ``--checkpoint`` (:func:`merge_positional_model` checks they are given once)."""
+    group.add_argument("config_path", nargs="?", metavar="CONFIG",
+                       help="the same as --config (mmaction2's `tools/test.py CONFIG CHECKPOINT` order)")
+    group.add_argument("checkpoint_path", nargs="?", metavar="CHECKPOINT",
+                       help="the same as --checkpoint")
+
+
+def merge_positional_model(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Move ``CONFIG`` / ``CHECKPOINT`` into ``args.config`` / ``args.checkpoint``; the same thing
+    given both ways is argparse's one-line error (exit 2)."""
+    for positional, name in (("config_path", "config"), ("checkpoint_path", "checkpoint")):
+        value = getattr(args, positional)
+        if value is None:
+            continue
+        if getattr(args, name):
+            parser.error(f"the {name} is given twice ({name.upper()} {value} and --{name}"
+                         f" {getattr(args, name)}): give it once, either way")
+        setattr(args, name, value)
+
+
+def package_version() -> str:
+    """The installed distribution's version (pyproject.toml's), for ``--version``."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("swin-k400-harness")
+    except metadata.PackageNotFoundError:   # a checkout used without `pip install -e .`
+        from harness import __version__
+
+        return __version__
+
+
+def add_version_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--version", action="version", version=f"swin-k400-harness {package_version()}")
+
+
 # The build options both commands take: flag -> (harness.config.BuildOptions field, kwargs).
 BUILD_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "--input-dtype": ("input_dtype", dict(choices=("uint8", "float32"),
                       help="what the graph takes: uint8 pixels normalized inside (default), or"
                       " normalized float32 (the Ascend guide's contract)")),
-    "--batch": ("batch", dict(type=int_at_least(1), help="videos per device call (default 1)")),
-    "--views-per-call": ("views_per_call", dict(type=int_at_least(1),
+    "--batch": ("batch", dict(type=int_at_least(1), metavar="B", help="videos per device call (default 1)")),
+    "--views-per-call": ("views_per_call", dict(type=int_at_least(1), metavar="V",
                          help="views per call; must divide the views per video (12 for Swin-S);"
                          " 4 builds full-size Swin-S in about 5 GB instead of 12 (default: all)")),
-    "--opset": ("opset", dict(type=int_at_least(11), help="ONNX opset, 11 to 20 (default 17)")),
+    "--opset": ("opset", dict(type=int_at_least(11), metavar="N", help="ONNX opset, 11 to 20 (default 17)")),
     "--onnx-precision": ("onnx_precision", dict(choices=("fp32", "fp16"), help="fp16: also a float16"
                          " ONNX (LayerNorm, Softmax and reductions kept float32) for onnxruntime,"
                          " verified on class probabilities; the .om is made from the fp32 ONNX"
                          " (default fp32)")),
-    "--soc-version": ("soc_version", dict(help="the chip the .om is compiled for, as `npu-smi"
+    "--soc-version": ("soc_version", dict(metavar="SOC", help="the chip the .om is compiled for, as `npu-smi"
                       " info` names it with the Ascend prefix (default: the chips found, by pyACL on"
                       " this host and Ray on the cluster's nodes; Ascend310P3 where none is found)")),
     "--precision-mode": ("precision_mode", dict(metavar="MODE", help="ATC --precision_mode: force_fp32,"
@@ -87,8 +125,8 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("build options (the same words reuse the same artifact)")
     for flag, (_, kwargs) in BUILD_FLAGS.items():
         group.add_argument(flag, **kwargs)
-    group.add_argument("--atc", help="the ATC executable (default: atc on PATH, if any)")
-    group.add_argument("--build-dir", default="build", help="the artifact cache (default: build)")
+    group.add_argument("--atc", metavar="PATH", help="the ATC executable (default: atc on PATH, if any)")
+    group.add_argument("--build-dir", default="build", metavar="DIR", help="the artifact cache (default: build)")
     group.add_argument("--unsafe-load-checkpoint", action="store_true",
                        help="allow a checkpoint that needs full unpickling (only files you trust:"
                        " unpickling can run code)")

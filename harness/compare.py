@@ -4,9 +4,13 @@
 
 RUN_A and RUN_B are work dirs of ``harness.run`` over the same videos (say an Ascend 310P3 run
 and a GPU run). Their videos are paired by list index when both ran the same list (equal
-``list_sha256`` in run.json), else by the path relative to each run's ``data_prefix`` (the
-first occurrence of a repeated path wins); the output says which. The videos scored in both
-runs are "in common"; the others are counted (only in A, only in B, failed in A, in B).
+``list_sha256`` in run.json), else by the path relative to each run's ``data_prefix`` (two
+hosts mount the videos in different places) or by the absolute path, the ``data_prefix``
+joined with the list's path (two runs split the same path differently between prefix and
+list), whichever pairs more videos; the first occurrence of a repeated path wins, and the
+output says which matching it used. The videos scored in both runs are "in common"; the
+others are counted (only in A, only in B, failed in A, in B). Runs with no video in common
+are a user error: there is nothing to compare.
 
 For the videos in common it reports each run's top-1 accuracy and the top-1 agreement (both
 runs predict the same class), each with its 95% Wilson interval (harness.stats); the flips,
@@ -46,7 +50,7 @@ from harness.stats import mcnemar_exact, wilson_interval
 log = logging.getLogger("harness.compare")
 
 SIGNIFICANCE = 0.05
-BY_INDEX, BY_PATH = "list index", "relative path"
+BY_INDEX, BY_PATH, BY_LOCATION = "list index", "relative path", "absolute path"
 _DESCRIPTION = __doc__.split("\n\n")[0]
 
 
@@ -60,6 +64,7 @@ class Video:
 
     index: int
     path: str                 # relative to the run's data_prefix
+    location: str             # the data_prefix joined with ``path``: the file the run read
     label: int
     ok: bool
     predicted: int | None     # top-1 class, None when it failed
@@ -94,9 +99,12 @@ def load_run(work_dir: str | Path) -> Run:
     table = read_table(directory)
     predicted, num_classes = top1_predictions(table)
     prefix = str(identity.get("data_prefix") or "")
-    videos = [Video(row["index"], relative_to_prefix(row["path"], prefix), row["label"],
-                    row["status"] == "ok", predicted.get(row["index"]))
-              for row in table.select(["index", "path", "label", "status"]).to_pylist()]
+    videos = []
+    for row in table.select(["index", "path", "label", "status"]).to_pylist():
+        relative = relative_to_prefix(row["path"], prefix)
+        location = posixpath.join(prefix, relative) if prefix else relative
+        videos.append(Video(row["index"], relative, location, row["label"], row["status"] == "ok",
+                            predicted.get(row["index"])))
     return Run(directory, identity, videos, num_classes)
 
 
@@ -161,15 +169,20 @@ def relative_to_prefix(path: str, prefix: str) -> str:
 # ------------------------------------------------------------------ pairing
 
 def pair_runs(a: Run, b: Run) -> Pairing:
-    """Pair by list index when both ran the same list, else by relative path."""
+    """Pair by list index when both ran the same list, else by relative or absolute path,
+    whichever pairs more (relative on a tie)."""
     same_list = a.identity.get("list_sha256") and a.identity.get("list_sha256") == b.identity.get("list_sha256")
-    matching = BY_INDEX if same_list else BY_PATH
-    key = (lambda v: v.index) if same_list else (lambda v: v.path)
+    if same_list:
+        return pair_by(a, b, BY_INDEX, lambda v: v.index)
+    relative = pair_by(a, b, BY_PATH, lambda v: v.path)
+    absolute = pair_by(a, b, BY_LOCATION, lambda v: v.location)
+    return absolute if len(absolute.pairs) > len(relative.pairs) else relative
+
+
+def pair_by(a: Run, b: Run, matching: str, key) -> Pairing:
     first_a, repeated_a = first_by_key(a.videos, key)
     first_b, repeated_b = first_by_key(b.videos, key)
     pairs = [(video, first_b[k]) for k, video in first_a.items() if k in first_b]
-    if not pairs:
-        log.warning("no video of %s matches one of %s by %s", a.directory, b.directory, matching)
     return Pairing(matching, pairs, len(first_a.keys() - first_b.keys()),
                    len(first_b.keys() - first_a.keys()), repeated_a, repeated_b)
 
@@ -194,6 +207,8 @@ def compare(a: Run, b: Run, class_names: list[str] | None) -> dict:
     if len(common) < len(both_ok):
         log.warning("%d paired video(s) have different labels in the two runs: left out",
                     len(both_ok) - len(common))
+    if not common:   # no number below would mean anything
+        raise CompareError(no_common_video(a, b, pairing, failed_in_a, failed_in_b, len(both_ok)))
     right_only_a = [(va, vb) for va, vb in common if is_right(va) and not is_right(vb)]
     right_only_b = [(va, vb) for va, vb in common if is_right(vb) and not is_right(va)]
     p_value = mcnemar_exact(len(right_only_a), len(right_only_b))
@@ -215,6 +230,19 @@ def compare(a: Run, b: Run, class_names: list[str] | None) -> dict:
         "flips": {"right_a_wrong_b": [describe_flip(va, vb, class_names) for va, vb in right_only_a],
                   "right_b_wrong_a": [describe_flip(va, vb, class_names) for va, vb in right_only_b]},
     }
+
+
+def no_common_video(a: Run, b: Run, pairing: Pairing, failed_in_a: int, failed_in_b: int,
+                    label_differs: int) -> str:
+    """The one sentence for two runs with no video scored in both."""
+    if not pairing.pairs:
+        how = pairing.matching if pairing.matching == BY_INDEX else "relative or absolute path"
+        return (f"{a.directory} and {b.directory} have no video in common by {how} (e.g. A read"
+                f" {a.videos[0].location}, B {b.videos[0].location}): compare two runs over the"
+                " same videos")   # (load_run refuses a run without videos)
+    return (f"none of the {len(pairing.pairs)} videos both runs recorded was scored in both"
+            f" (failed in A: {failed_in_a}, in B: {failed_in_b}; labels differ: {label_differs}):"
+            " there is nothing to compare; fix the failures and resume the runs first")
 
 
 def is_right(video: Video) -> bool:

@@ -6,8 +6,8 @@ Each :class:`Reason` carries what the rest of the harness needs to know about it
 - ``transient``: the video may well succeed on another try (a rerun of the same command
   retries it; ``--retry-failed`` retries the others too);
 - ``location``: a corrected ``--data-prefix`` or list explains it (the video was not found
-  or could not be read where the run looked), so a work dir holding only such failures
-  accepts the corrected command as the same run;
+  or could not be read where the run looked): the breaker's advice leads with the corrected
+  command, and messages quote such a path as the example of what was not found;
 - ``fix``: the likely fix when the failure is systematic (the circuit breaker names it).
 
 The value is the text written to predictions.parquet and summary.json.

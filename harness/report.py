@@ -15,12 +15,25 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from harness.bench import efficiency_line
+
 MAX_CLASS_BARS = 30     # beyond this, show the worst and best half each
 PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7")
 
 
 def _esc(value: Any) -> str:
     return html.escape(str(value))
+
+
+def duration(seconds: float) -> str:
+    """A wall time as a person reads it: 2.2 s, 5 min 03 s, 1 h 02 min."""
+    if seconds < 59.95:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -151,6 +164,35 @@ def _audit_html(audit: dict | None, name) -> str:
     return head + verdict + metrics + differ_html
 
 
+def _unrecorded(summary: dict) -> int:
+    """Videos of the job's list not recorded (an interrupted or stopped run)."""
+    total = summary.get("videos_total") or 0
+    return max(0, total - summary.get("videos_recorded", total))
+
+
+def _unfinished_note(summary: dict) -> str:
+    """Under the videos card: '634 of 1248 videos, interrupted'."""
+    if not _unrecorded(summary):
+        return ""
+    how = "stopped" if summary.get("stopped") else "interrupted" if summary.get("interrupted") else "not finished"
+    return (f'<div class="ci">{summary.get("videos_recorded")} of {summary.get("videos_total")}'
+            f" videos recorded, {how}</div>")
+
+
+def _unfinished_banner(summary: dict) -> str:
+    """The run did not record its whole list: why, and what the numbers cover."""
+    stopped, left = summary.get("stopped"), _unrecorded(summary)
+    covers = (f" {summary.get('videos_recorded')} of {summary.get('videos_total')} videos recorded;"
+              " every number here covers those only." if left else "")
+    if stopped:
+        return f'<p class="warn">This run stopped before the end of its list:{covers} {_esc(stopped)}</p>'
+    if left:
+        how = "was interrupted" if summary.get("interrupted") else "did not finish"
+        return (f'<p class="warn">This run {how} before the end of its list:{covers} The same'
+                " command resumes.</p>")
+    return ""
+
+
 def render_report(summary: dict, rows: Sequence[dict], class_names: Sequence[str] = ()) -> str:
     """The report page as a string."""
     names = list(class_names)
@@ -161,10 +203,11 @@ def render_report(summary: dict, rows: Sequence[dict], class_names: Sequence[str
     headline = [   # (name, HTML)
         ("top-1", _with_interval(summary, "top1")), ("top-5", _with_interval(summary, "top5")),
         ("mean class accuracy", _with_interval(summary, "mean_class_accuracy")),
-        ("videos ok / total", _fmt(f"{summary.get('videos_ok')} / {summary.get('videos_total')}")),
+        ("videos ok / total", _fmt(f"{summary.get('videos_ok')} / {summary.get('videos_total')}")
+         + _unfinished_note(summary)),
         ("failed", _fmt(summary.get("videos_failed"))),
         ("throughput (videos/s)", _fmt(summary.get("throughput_videos_per_s"))),
-        ("wall time (s)", _fmt(summary.get("wall_s"))),
+        ("wall time", _esc(duration(summary["wall_s"])) if summary.get("wall_s") is not None else "n/a"),
         ("backend", _fmt(summary.get("backend"))),
     ]
     cards = "".join(f'<div class="card"><div class="k">{_esc(k)}</div><div class="v">{v}</div></div>'
@@ -176,10 +219,7 @@ def render_report(summary: dict, rows: Sequence[dict], class_names: Sequence[str
     simulated = summary.get("simulated_devices")
     if simulated:   # test doubles: no number here is an NPU's
         subset_html = f'<p class="warn">{_esc(simulated)}</p>' + subset_html
-    stopped = summary.get("stopped")
-    if stopped:   # the run did not finish: say so before any number
-        subset_html = (f'<p class="warn">This run stopped before the end of its list:'
-                       f' {_esc(stopped)}</p>') + subset_html
+    subset_html = _unfinished_banner(summary) + subset_html   # before any number
     confusions = top_confusions(rows)
     confusion_html = (_table(["true class", "predicted", "videos"],
                              [(name(t), name(p), n) for t, p, n in confusions])
@@ -202,8 +242,8 @@ def render_report(summary: dict, rows: Sequence[dict], class_names: Sequence[str
     bench_html = (_table(["device", "mean ms (call)", "p50 ms", "p99 ms", "videos/s",
                           *(("execute ms (sumary)", "ais_bench videos/s") if execute else ())],
                          bench_rows)
-                  + f"<p>aggregate {_fmt(bench.get('aggregate_videos_per_s'))} videos/s;"
-                    f" pipeline efficiency {_fmt(bench.get('pipeline_efficiency'))}</p>"
+                  + f"<p>aggregate {_fmt(bench.get('aggregate_videos_per_s'))} videos/s"
+                    + (f"; {_esc(efficiency_line(bench))}" if efficiency_line(bench) else "") + "</p>"
                   + ("<p>A call's time covers the host tensor, the copies and the execution; the"
                      " execute time is the chip's alone, from the runtime's own timer, and the"
                      " ais_bench column is computed from it as ais_bench computes its throughput:"

@@ -104,9 +104,10 @@ def prepare_work_dir(work_dir: str | Path, identity: RunIdentity, overwrite: boo
 
     A work dir holding another job (different artifact, list, data, backend or config
     content) is refused unless ``overwrite``, which deletes its results first. One exception:
-    when only the videos' location changed (``--data-prefix``, the list) and every recorded
-    video failed for a reason of where it was looked for (``missing``, ``read error``:
-    ``Reason.location``), the corrected command is the same run, and those rows are replaced.
+    when only the videos' location changed (``--data-prefix``, the list) and no recorded video
+    was scored (every one failed, whatever the reason: rows about files at the old location
+    mean nothing at the new one), the corrected command is the same run, and those rows are
+    replaced. The circuit breaker's advice (harness.breaker) follows this rule.
     """
     work = Path(work_dir)
     try:
@@ -124,13 +125,17 @@ def _prepare_work_dir(work: Path, identity: RunIdentity, overwrite: bool) -> boo
         if theirs == mine:
             return (work / PREDICTIONS).exists()
         changed = sorted(k for k in mine if theirs.get(k) != mine[k])
-        if not overwrite and set(changed) <= LOCATION_FIELDS and _only_location_failures(work):
-            log.warning("%s: the earlier run found none of its videos (every row failed for where"
-                        " it looked: %s); this run, with the corrected %s, replaces it", work,
-                        theirs.get("data_prefix"), " and ".join(changed))
+        moved = set(changed) <= LOCATION_FIELDS
+        scored, failed = _recorded(work) if moved else (0, None)
+        example = f" (e.g. {failed})" if failed else ""
+        if not overwrite and moved and not scored:
+            log.warning("%s: the earlier run scored none of its videos%s; this run, with the"
+                        " corrected %s, replaces it", work, example, " and ".join(changed))
         elif not overwrite:
+            why = (f"; {scored} of its videos were scored at the old location, so the corrected"
+                   f" one would discard them{example}" if moved else "")
             raise ConfigError(
-                f"{work} holds results of another run (differs in: {', '.join(changed)});"
+                f"{work} holds results of another run (differs in: {', '.join(changed)}){why};"
                 " use another --work-dir, or --overwrite to delete those results")
     elif (work / PREDICTIONS).exists() and not overwrite:
         raise ConfigError(f"{work} holds predictions without {RUN_FILE}; use another --work-dir"
@@ -145,13 +150,16 @@ def _prepare_work_dir(work: Path, identity: RunIdentity, overwrite: bool) -> boo
     return False
 
 
-def _only_location_failures(work: Path) -> bool:
-    """Every recorded row failed for a reason a corrected location explains."""
+def _recorded(work: Path) -> tuple[int, str | None]:
+    """(videos scored, ``'<full path>: <reason>'`` of one failed video, preferring one not
+    found or not read where the run looked (``Reason.location``), or None)."""
     if not (work / PREDICTIONS).exists():
-        return True
-    rows = read_predictions(work).select(["status", "error"]).to_pylist()
-    return all(r["status"] != "ok" and (Reason.parse(r["error"]) or Reason.DECODE_FAILED).location
-               for r in rows)
+        return 0, None
+    rows = read_predictions(work).select(["path", "status", "error"]).to_pylist()
+    failed = [r for r in rows if r["status"] != "ok"]
+    located = [r for r in failed if (Reason.parse(r["error"]) or Reason.DECODE_FAILED).location]
+    example = next((f"{r['path']}: {r['error']}" for r in located + failed), None)
+    return len(rows) - len(failed), example
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -274,14 +282,19 @@ def _retried(error: str | None) -> bool:
 # ------------------------------------------------------------------ summary
 
 def summarize(table: pa.Table, *, wall_s: float, processed: int, backend: str,
-              artifact: dict, bench: dict | None = None, extra: dict | None = None) -> dict:
+              artifact: dict, bench: dict | None = None, extra: dict | None = None,
+              videos_total: int | None = None) -> dict:
     """summary.json's content from the recorded rows (metrics over the ok videos).
 
     ``processed`` is the number of videos this invocation handled (for throughput);
     the metrics cover every recorded row, so a resumed run reports the whole job.
+    ``videos_total`` is the job's length (the list, after --limit or --subset; default: the
+    rows): ``videos_recorded`` below it means the job is not ``complete`` (interrupted or
+    stopped), and every output says so.
     """
     import pyarrow.compute as pc
 
+    total = table.num_rows if videos_total is None else videos_total
     is_ok = pc.equal(table.column("status"), "ok")
     ok_table = table.filter(is_ok)
     failed = table.filter(pc.invert(is_ok)).select(["index", "path", "error", "message"]).to_pylist()
@@ -299,7 +312,8 @@ def summarize(table: pa.Table, *, wall_s: float, processed: int, backend: str,
                for (dev, node), n in sorted(per_device.items())]
     summary = {
         "top1": top1, "top5": top5, "mean_class_accuracy": mca, "ci95": ci95,
-        "videos_total": table.num_rows, "videos_ok": ok_table.num_rows, "videos_failed": len(failed),
+        "videos_total": total, "videos_recorded": table.num_rows, "complete": table.num_rows >= total,
+        "videos_ok": ok_table.num_rows, "videos_failed": len(failed),
         "failures": dict(sorted(Counter(r["error"] for r in failed).items())),
         "failed": [{"index": r["index"], "path": r["path"], "reason": r["error"],
                     "message": r["message"]} for r in failed],

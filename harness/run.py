@@ -4,8 +4,10 @@
 
 Builds (or reuses) the artifact, starts one inference actor per device and CPU decode
 workers, streams the list through them, and writes predictions.parquet, summary.json and
-report.html in the work dir (see docs/running.md). Exit status: 0 done, 1 videos failed
-under --strict (or the demo's self-check failed), 2 a user error (message on stderr).
+report.html in the work dir (see docs/running.md). Exit status (also in ``--help``): 0 done;
+1 videos failed under --strict (or the demo's self-check failed); 2 a user error (message on
+stderr) or a run that stopped (the failure-rate breaker, a lost Ray instance); 130 stopped by
+Ctrl-C or SIGTERM (what was recorded is kept: the same command resumes).
 
 The steps, one function each: :func:`parse_args` -> :func:`prepare` (config, list, model,
 work dir: everything that can fail before any device work) -> :func:`evaluate` on a runner
@@ -15,6 +17,8 @@ work dir: everything that can fail before any device work) -> :func:`evaluate` o
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import logging
 import shlex
@@ -29,8 +33,8 @@ from typing import Any, Callable
 from harness import cli
 from harness.backends import BACKENDS, ModelSpec
 from harness.chips import ChipModels
-from harness.cluster import DevicePlan
-from harness.errors import ConfigError, HarnessError
+from harness.cluster import DevicePlan, RayLost
+from harness.errors import ConfigError, DeviceError, HarnessError
 from harness.limits import Timeouts
 from harness.progress import Progress
 from harness.scheduler import RunStats
@@ -39,7 +43,7 @@ from harness.stages import VideoResult
 log = logging.getLogger("harness.run")
 
 DEFAULT_BACKEND = {"npu": "om", "gpu": "onnxruntime", "cpu": "onnxruntime"}
-_DESCRIPTION = __doc__.split("\n\n")[0]
+_DESCRIPTION = __doc__.split("\n\n")[0].replace("``", "")
 
 
 def _resources(text: str) -> dict:
@@ -53,25 +57,137 @@ def _resources(text: str) -> dict:
     return value
 
 
+# Short on purpose: argparse prints it above every refusal (the groups below list everything).
+USAGE = """\
+python -m harness.run CONFIG CHECKPOINT (--npus N | --gpus N | --cpus N) [options]
+       python -m harness.run --config CFG (--checkpoint PTH | --om FILE | --onnx FILE |
+                             --random-weights) (--npus N | --gpus N | --cpus N) [options]
+       python -m harness.run --demo"""
+EPILOG = """\
+examples:
+  python -m harness.run --demo
+  python -m harness.run configs/swin_small_k400.py swin_small.pth --npus 2
+  python -m harness.run --config configs/swin_small_k400.py --checkpoint swin_small.pth \\
+      --cpus 2 --subset 200
+  python -m harness.run --config configs/swin_small_k400.py --om swin_small_bs1.om --npus 2 \\
+      --bench-loops 100
+  Run the same command again to resume. Every option, in detail: docs/running.md.
+
+exit status:
+  0    done
+  1    videos failed (or the audit's thresholds do not hold) under --strict, or the demo's
+       self-check failed
+  2    a user error (one line on stderr says what to fix), or a run that stopped: the
+       failure-rate breaker, a lost Ray instance (its summary and report are written)
+  130  stopped by Ctrl-C or SIGTERM: what was recorded is kept; the same command resumes
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m harness.run", description=_DESCRIPTION)
+    p = argparse.ArgumentParser(prog="python -m harness.run", description=_DESCRIPTION, usage=USAGE,
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_version_argument(p)
     p.add_argument("--demo", action="store_true",
                    help="the embedded demo: a synthetic dataset (made once), the shipped tiny"
                    " checkpoint, 2 CPU actors, benchmark loops, and a self-check of the accuracy")
-    cli.add_config_arguments(p, required=False)
-    model = p.add_mutually_exclusive_group()
-    model.add_argument("--checkpoint", help=".pth checkpoint to build the model from")
-    model.add_argument("--om", help="prebuilt .om (e.g. made by the Ascend guide); implies --backend om")
-    model.add_argument("--onnx", help="prebuilt .onnx; implies --backend onnxruntime")
+    cli.add_verbosity_arguments(p)
+
+    weights = p.add_argument_group("model and weights")
+    cli.add_positional_model(weights)
+    cli.add_config_arguments(weights, required=False)
+    model = weights.add_mutually_exclusive_group()
+    model.add_argument("--checkpoint", metavar="PTH", help=".pth checkpoint to build the model from")
+    model.add_argument("--om", metavar="FILE",
+                       help="prebuilt .om (e.g. made by the Ascend guide); implies --backend om")
+    model.add_argument("--onnx", metavar="FILE", help="prebuilt .onnx; implies --backend onnxruntime")
     model.add_argument("--random-weights", action="store_true",
                        help="build the config's model with random weights (predictions are"
                        " meaningless: for plumbing checks and benchmarks only)")
-    devices = p.add_mutually_exclusive_group()
+
+    hardware = p.add_argument_group("devices")
+    devices = hardware.add_mutually_exclusive_group()
     count = cli.int_at_least(1)
-    devices.add_argument("--npus", type=count, help="one inference actor per NPU chip (aclruntime)")
-    devices.add_argument("--gpus", type=count, help="one inference actor per GPU")
-    devices.add_argument("--cpus", type=count, help="N CPU inference actors (one core each)")
-    p.add_argument("--backend", choices=BACKENDS, help="default: om for NPUs, onnxruntime otherwise")
+    devices.add_argument("--npus", type=count, metavar="N",
+                         help="one inference actor per NPU chip (aclruntime)")
+    devices.add_argument("--gpus", type=count, metavar="N", help="one inference actor per GPU")
+    devices.add_argument("--cpus", type=count, metavar="N", help="N CPU inference actors (one core each)")
+    hardware.add_argument("--backend", choices=BACKENDS, help="default: om for NPUs, onnxruntime otherwise")
+    hardware.add_argument("--decoders", type=cli.int_at_least(1), metavar="D",
+                          help="CPU decode workers (default: one more than the devices to start"
+                          " with, then more while the measured rates say the devices wait, up to"
+                          " the free CPUs)")
+
+    data = p.add_argument_group("data")
+    data.add_argument("--ann-file", metavar="LIST",
+                      help="the video list (default: the config's data.test.ann_file)")
+    data.add_argument("--data-prefix", metavar="DIR",
+                      help="the video folder (default: the config's data.test.data_prefix)")
+    data.add_argument("--label-map", metavar="FILE",
+                      help="class names, one per line in label order, for the report (default:"
+                      " harness.label_map in the config, or configs/label_map_k400.txt for 400"
+                      " classes)")
+    data.add_argument("--limit", type=cli.int_at_least(1), metavar="K",
+                      help="only the first K videos of the list")
+    data.add_argument("--subset", type=cli.int_at_least(1), metavar="N",
+                      help="a quick estimate: N videos of the list, stratified by class (as even as"
+                      " the list allows), chosen by --seed; the report says it is a subset")
+    data.add_argument("--seed", type=int, default=0, metavar="S",
+                      help="which --subset (default 0; same seed, same videos)")
+
+    output = p.add_argument_group("output and resume")
+    output.add_argument("--work-dir", metavar="DIR",
+                        help="results folder (default: work_dirs/<config name>); the same"
+                        " command with the same work dir resumes")
+    output.add_argument("--overwrite", action="store_true",
+                        help="delete another run's results in the work dir instead of refusing")
+    output.add_argument("--retry-failed", action="store_true",
+                        help="on resume, retry every failed video (default: only transient failures:"
+                        " read error, timeout, worker died, inference failed)")
+    output.add_argument("--strict", action="store_true",
+                        help="exit 1 if any video failed or the audit's thresholds do not hold")
+    output.add_argument("--no-progress", action="store_true", help="no progress bar")
+    output.add_argument("--flush-every", type=cli.int_at_least(1), default=32, metavar="N",
+                        help="rows per predictions part file (default 32; a crash loses at most one part)")
+
+    measure = p.add_argument_group("measurements besides the accuracy")
+    measure.add_argument("--audit", type=cli.int_at_least(0), metavar="N",
+                         help="N videos spread over the list are also scored by an fp32 reference on a"
+                         " CPU (onnxruntime on the build's ONNX, or the checkpoint) from the same decoded"
+                         " views: agreement and differences in the summary (default: 16 for --npus or"
+                         " --gpus, 0 on CPUs; 0: off)")
+    measure.add_argument("--bench-loops", type=cli.int_at_least(0), default=0, metavar="L",
+                         help="pure-inference calls per device after the evaluation (default 0: none)")
+    measure.add_argument("--bench-only", action="store_true", help="only the benchmark loops, no evaluation")
+
+    ray = p.add_argument_group("Ray")
+    ray.add_argument("--address", metavar="ADDR",
+                     help="Ray cluster to join (default: $RAY_ADDRESS; without either, the"
+                     " harness starts its own local instance, even if another cluster runs here)")
+    ray.add_argument("--resources", type=_resources, metavar="JSON",
+                     help="JSON resources to declare on the local instance the harness starts"
+                     " (like ray start --resources), e.g. '{\"NPU\": 2}' on a host without pyACL")
+    ray.add_argument("--no-ray", action="store_true",
+                     help="run every stage in this process, one video at a time (debugging; the"
+                     " tests' oracle)")
+
+    guard = p.add_argument_group("fault handling: the guards of a long run (config: harness.run;"
+                                 " docs/running.md)")
+    guard.add_argument("--decode-timeout", type=cli.seconds, metavar="S",
+                       help="seconds a video may take to decode before it is recorded 'timeout'"
+                       f" and its reader abandoned (default {Timeouts.decode:g})")
+    guard.add_argument("--infer-timeout", type=cli.seconds, metavar="S",
+                       help="seconds a video may take on a device before its actor is restarted"
+                       f" and the video retried (default: {Timeouts.infer_factor:g} x the median call,"
+                       f" at least {Timeouts.infer_min:g}; {Timeouts.infer_first:g} until 3 calls)")
+    guard.add_argument("--max-failure-rate", type=cli.fraction, metavar="F",
+                       help="stop (exit 2) when more than this fraction of the videos failed, once"
+                       " 50 finished (default 0.5; 1: never); all of the first 50 failing stops too")
+    guard.add_argument("--max-retries", type=cli.int_at_least(0), default=2, metavar="R",
+                       help="retries of a video whose worker or actor died (default 2)")
+    guard.add_argument("--wait", type=cli.seconds, metavar="S",
+                       help="seconds to wait for devices other jobs hold (default 600)")
+
+    cli.add_build_arguments(p)
     torch_group = p.add_argument_group("the torch backend (config: harness.torch)")
     torch_group.add_argument("--precision", choices=("fp32", "tf32", "fp16", "bf16"),
                              help="what the torch session computes in (default fp32; tf32 on CUDA"
@@ -79,62 +195,6 @@ def _parser() -> argparse.ArgumentParser:
     torch_group.add_argument("--torch-compile", action="store_true", help="torch.compile the model")
     torch_group.add_argument("--uint8-input", action="store_true",
                              help="send uint8 views to the device and normalize there (4x fewer bytes)")
-    p.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS; without either,"
-                   " the harness starts its own local instance, even if another cluster runs here)")
-    p.add_argument("--resources", type=_resources,
-                   help="JSON resources to declare on the local instance the harness starts"
-                   " (like ray start --resources), e.g. '{\"NPU\": 2}' on a host without pyACL")
-    p.add_argument("--work-dir", help="results folder (default: work_dirs/<config name>)")
-    p.add_argument("--ann-file", help="the video list (default: the config's data.test.ann_file)")
-    p.add_argument("--data-prefix", help="the video folder (default: the config's data.test.data_prefix)")
-    p.add_argument("--label-map", help="class names, one per line in label order, for the report"
-                   " (default: harness.label_map in the config, or configs/label_map_k400.txt"
-                   " for 400 classes)")
-    p.add_argument("--limit", type=cli.int_at_least(1), help="only the first K videos of the list")
-    p.add_argument("--subset", type=cli.int_at_least(1),
-                   help="a quick estimate: N videos of the list, stratified by class (as even as"
-                   " the list allows), chosen by --seed; the report says it is a subset")
-    p.add_argument("--seed", type=int, default=0, help="which --subset (default 0; same seed, same videos)")
-    p.add_argument("--audit", type=cli.int_at_least(0),
-                   help="N videos spread over the list are also scored by an fp32 reference on a"
-                   " CPU (onnxruntime on the build's ONNX, or the checkpoint) from the same decoded"
-                   " views: agreement and differences in the summary (default: 16 for --npus or"
-                   " --gpus, 0 on CPUs; 0: off)")
-    p.add_argument("--decoders", type=cli.int_at_least(1),
-                   help="CPU decode workers (default: the cluster's free CPUs, at least 1)")
-    p.add_argument("--bench-loops", type=cli.int_at_least(0), default=0,
-                   help="pure-inference calls per device after the evaluation (default 0: none)")
-    p.add_argument("--bench-only", action="store_true", help="only the benchmark loops, no evaluation")
-    p.add_argument("--strict", action="store_true",
-                   help="exit 1 if any video failed or the audit's thresholds do not hold")
-    p.add_argument("--no-ray", action="store_true",
-                   help="run every stage in this process, one video at a time (debugging; the"
-                   " tests' oracle)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="delete another run's results in the work dir instead of refusing")
-    p.add_argument("--max-retries", type=cli.int_at_least(0), default=2,
-                   help="retries of a video whose worker or actor died (default 2)")
-    p.add_argument("--retry-failed", action="store_true",
-                   help="on resume, retry every failed video (default: only transient failures:"
-                   " read error, timeout, worker died, inference failed)")
-    guard = p.add_argument_group("guards of a long run (config: harness.run; docs/running.md)")
-    guard.add_argument("--decode-timeout", type=cli.seconds,
-                       help="seconds a video may take to decode before it is recorded 'timeout'"
-                       f" and its reader abandoned (default {Timeouts.decode:g})")
-    guard.add_argument("--infer-timeout", type=cli.seconds,
-                       help="seconds a video may take on a device before its actor is restarted"
-                       f" and the video retried (default: {Timeouts.infer_factor:g} x the median call,"
-                       f" at least {Timeouts.infer_min:g}; {Timeouts.infer_first:g} until 3 calls)")
-    guard.add_argument("--max-failure-rate", type=cli.fraction,
-                       help="stop (exit 2) when more than this fraction of the videos failed, once"
-                       " 50 finished (default 0.5; 1: never); all of the first 50 failing stops too")
-    guard.add_argument("--wait", type=cli.seconds,
-                       help="seconds to wait for devices other jobs hold (default 600)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--flush-every", type=cli.int_at_least(1), default=32,
-                   help="rows per predictions part file (default 32; a crash loses at most one part)")
-    cli.add_build_arguments(p)
-    cli.add_verbosity_arguments(p)
     return p
 
 
@@ -142,8 +202,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line, checked: every refusal is argparse's one-line error and exit 2."""
     p = _parser()
     args = p.parse_args(argv)
+    cli.merge_positional_model(p, args)
+    other = next((f for f, given in (("--om", args.om), ("--onnx", args.onnx),
+                                      ("--random-weights", args.random_weights)) if given), None)
+    if args.checkpoint_path and other:   # (the flags themselves are exclusive in argparse)
+        p.error(f"CHECKPOINT {args.checkpoint_path} and {other} are two models: give one")
     if not args.config and not args.demo:
-        p.error("--config is required (or --demo)")
+        p.error("--config is required (or CONFIG first, or --demo)")
     if not args.demo and not (args.checkpoint or args.om or args.onnx or args.random_weights):
         p.error("say which weights to evaluate: --checkpoint PTH, --om FILE, --onnx FILE, or"
                 " --random-weights (meaningless predictions, for plumbing checks)")
@@ -221,7 +286,12 @@ def prepare(args: argparse.Namespace) -> Job:
         torch={"precision": args.precision, "compile": args.torch_compile or None,
                "uint8_input": args.uint8_input or None})
     settings = Settings.from_args(args, options.label_map)
+    label_names(cfg, settings.label_map)   # a label map of another model fails now, not in the report
     plan = device_plan(args)
+    check_ascend_toolkit(args, plan)   # before the list, the build and Ray
+    if not args.no_ray:                # a silent --address fails now, not after the build
+        from harness.cluster import check_reachable
+        check_reachable(args.address)
     job_entries, ann_file, prefix, list_sha256 = [], None, None, ""
     if not args.bench_only:  # a bad list fails now, not after a long build
         ann_file, prefix, job_entries, list_sha256 = load_entries(cfg, args, options)
@@ -257,7 +327,7 @@ def prepare(args: argparse.Namespace) -> Job:
         paired, scored = audit.recorded_indices(work), results.ok_indices(work)
         done -= {e.index for e in audited if e.index in scored and e.index not in paired}
     todo = [e for e in job_entries if e.index not in done]
-    if done:
+    if done and todo:   # (none to do: execute says so)
         log.info("resuming: %d of %d videos already recorded in %s (%d to do)",
                  len(job_entries) - len(todo), len(job_entries), work, len(todo))
     return Job(cfg, plan, spec, artifact, work, options, settings, lock,
@@ -281,7 +351,7 @@ def plan_audit(options, spec: ModelSpec, plan: DevicePlan, entries: list):
               else audit.default_videos(spec.backend, plan.kind, spec.precision))
     if not wanted:
         return [], None, ""
-    reference, what = audit.reference_spec(spec)
+    reference, what = audit.reference_spec(spec, plan.kind)
     if reference is None:
         log.warning("audit skipped: %s", what)
         return [], None, what
@@ -297,6 +367,33 @@ def device_plan(args) -> DevicePlan:
         if count is not None:
             return DevicePlan(kind, count)
     raise ConfigError("say which devices to use: --npus N, --gpus N or --cpus N")
+
+
+def check_ascend_toolkit(args, plan: DevicePlan) -> None:
+    """``--npus`` on a machine without CANN fails at once, saying what is missing: ATC, which
+    builds the .om here (unless ``--om``), and aclruntime, which loads it in the actors when
+    they run on this machine (``--no-ray`` or the harness's own instance; the nodes of a
+    joined cluster answer for themselves when the actors start)."""
+    import importlib.util
+    import shutil
+
+    backend = args.backend or ("om" if args.om else "onnxruntime" if args.onnx
+                               else DEFAULT_BACKEND[plan.kind])
+    if plan.kind != "npu" or backend != "om":
+        return                       # (a mismatch is resolve_model's refusal)
+    missing = []
+    if not args.om and not args.atc and shutil.which("atc") is None:
+        missing.append("ATC (no `atc` on PATH)")
+    from harness.cluster import cluster_address
+
+    here = args.no_ray or cluster_address(args.address)[0] is None
+    if here and importlib.util.find_spec("aclruntime") is None:
+        missing.append("the aclruntime Python binding (ais_bench's wheel, with CANN's pyACL)")
+    if missing:
+        raise DeviceError(f"--npus needs Ascend's CANN toolkit, and this machine lacks"
+                          f" {' and '.join(missing)}: on an Ascend host run `source"
+                          " /usr/local/Ascend/ascend-toolkit/set_env.sh` first, or evaluate on"
+                          " --cpus N or --gpus N instead")
 
 
 def resolve_model(cfg, args, plan: DevicePlan, options):
@@ -376,7 +473,8 @@ def load_entries(cfg, args, options):
     ann_file, prefix = test_annotations(cfg)
     ann_file, prefix = args.ann_file or ann_file, args.data_prefix or prefix
     options = options.storage.resolved()
-    content = read_list_bytes(ann_file, options)
+    content = (read_list_bytes(ann_file, options, given_by="--ann-file") if args.ann_file
+               else read_list_bytes(ann_file, options))   # (the message names the config's key)
     entries = parse_list(content, ann_file, prefix, int(model_section(cfg)["cls_head"]["num_classes"]))
     if not entries:
         raise ConfigError(f"the video list {ann_file} has no videos (one '<path> <label>' a line);"
@@ -421,10 +519,16 @@ class Outcome:
     audit: AuditOutcome
     interrupted: bool = False
     stopped: str | None = None    # why the run stopped before the end of its list
+    lost: bool = False            # ... because the Ray instance was lost (the same command resumes)
 
 
 class RunStopped(HarnessError):
-    """The run stopped before the end of its list (what was recorded is reported)."""
+    """The run stopped before the end of its list (what was recorded is reported). ``lost``:
+    the Ray instance was lost, so the same command resumes as it is."""
+
+    def __init__(self, message: str, lost: bool = False) -> None:
+        super().__init__(message)
+        self.lost = lost
 
 
 def make_runner(job: Job):
@@ -438,23 +542,39 @@ def make_runner(job: Job):
 
 
 class Interrupts:
-    """Stopping a run by hand. Ctrl-C: the first stops starting videos and lets those in flight
-    finish (bounded by the timeouts) and be written; the second stops at once. SIGTERM (``ray
-    job stop``, which sends SIGKILL 3 s later) stops at once. Stopping at once still writes what
-    was recorded; the same command resumes."""
+    """Stopping the driver by hand, at any stage (:func:`main` installs the handlers for the
+    whole command; harness.cluster keeps them through Ray's init, which would replace
+    SIGTERM's). Ctrl-C while videos are in flight: the first starts no new video and lets those
+    finish (bounded by the timeouts) and be written; the second stops at once. Ctrl-C with
+    nothing in flight (loading, building, connecting, starting the actors, the benchmark
+    loops) and SIGTERM (``ray job stop``, which sends SIGKILL 3 s later) stop at once. Stopping
+    at once still writes what was recorded; the same command resumes."""
 
-    def __init__(self, runner) -> None:
-        self.runner, self.count, self.previous = runner, 0, {}
+    current: "Interrupts | None" = None   # the installed one: signal handlers are the process's
+
+    def __init__(self) -> None:
+        self.runner, self.count, self.previous, self.depth = None, 0, {}, 0
 
     def __enter__(self) -> "Interrupts":
-        if threading.current_thread() is threading.main_thread():
+        self.depth += 1
+        if self.depth == 1 and threading.current_thread() is threading.main_thread():
             for sig, handler in ((signal.SIGINT, self._ctrl_c), (signal.SIGTERM, self._terminate)):
                 self.previous[sig] = signal.signal(sig, handler)
+            Interrupts.current = self
         return self
+
+    @contextlib.contextmanager
+    def in_flight(self, runner):
+        """While ``runner`` evaluates, the first Ctrl-C lets its videos in flight finish."""
+        self.runner = runner
+        try:
+            yield
+        finally:
+            self.runner = None
 
     def _ctrl_c(self, signum, frame) -> None:
         self.count += 1
-        if self.count > 1:
+        if self.count > 1 or self.runner is None:
             raise KeyboardInterrupt
         print("\ninterrupted: starting no new video; finishing those in flight (Ctrl-C again to"
               " stop at once)", file=sys.stderr)
@@ -465,8 +585,13 @@ class Interrupts:
         raise KeyboardInterrupt
 
     def __exit__(self, *exc) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
+        self.depth -= 1
+        if self.depth == 0:
+            for sig, handler in self.previous.items():
+                signal.signal(sig, handler)
+            self.previous = {}
+            if Interrupts.current is self:
+                Interrupts.current = None
 
 
 def evaluate(job: Job, runner, on_result: Callable[[VideoResult], None] | None = None) -> Outcome:
@@ -487,12 +612,14 @@ def evaluate(job: Job, runner, on_result: Callable[[VideoResult], None] | None =
     window = job.options.run.failure_window
     if len(job.todo) == len(job.entries):
         window = min(window, max(1, len(job.todo)))
-    breaker = CircuitBreaker(window=window, max_rate=job.options.run.max_failure_rate)
+    breaker = CircuitBreaker(window=window, max_rate=job.options.run.max_failure_rate,
+                             scored_before=bool(results.ok_indices(job.work)))  # (its advice)
     progress = Progress(0, 0, enabled=False)   # the real bar starts once the devices are ready
     processed = 0
     auditor = Auditor(job.work, job.audited) if job.audited and not s.bench_only else None
     audit = AuditOutcome(job.audited, job.reference_what, auditor.incomplete if auditor else {})
     stats, stopped, sessions, wall, bench = RunStats(), None, [], 0.0, None
+    lost = False
 
     def record(result: VideoResult) -> None:
         nonlocal processed
@@ -508,7 +635,7 @@ def evaluate(job: Job, runner, on_result: Callable[[VideoResult], None] | None =
     def tick() -> None:
         writer.flush_if_due()
 
-    interrupts = Interrupts(runner)
+    interrupts = Interrupts.current or Interrupts()   # (main's, for the whole command)
     try:
         with interrupts:
             sessions = runner.start(Deployment(job.spec, job.plan, job.decoder, s.decoders,
@@ -518,18 +645,19 @@ def evaluate(job: Job, runner, on_result: Callable[[VideoResult], None] | None =
                 log.warning("%s", simulated_note(sessions))
             if auditor is not None and runner.reference_error:
                 audit, auditor = AuditOutcome([], runner.reference_error, {}), None
-            url = getattr(runner, "dashboard_url", None)
-            if url:
-                print_dashboard(url)
+            instance = getattr(runner, "instance", None)   # (Ray's; none in this process)
+            if instance is not None:
+                print(instance.describe(), file=sys.stderr)
             progress = Progress(len(job.entries), len(job.entries) - len(job.todo),
                                 enabled=s.progress)
             start = time.perf_counter()
             on_side = ({e.index for e in audit.audited}, auditor.reference) if auditor else None
             try:
                 if not s.bench_only:
-                    stats = runner.evaluate(job.todo, record, tick, on_side)
+                    with interrupts.in_flight(runner):
+                        stats = runner.evaluate(job.todo, record, tick, on_side)
             except (HarnessError, *_ray_errors()) as exc:   # breaker, nobody left, Ray lost
-                stats, stopped = runner.stats, str(exc)
+                stats, stopped, lost = runner.stats, str(exc), isinstance(exc, RayLost)
                 log.error("the run stopped: %s", exc)
             wall = time.perf_counter() - start
             if writer is not None:
@@ -544,7 +672,7 @@ def evaluate(job: Job, runner, on_result: Callable[[VideoResult], None] | None =
             writer.close()
         runner.close()
     return Outcome(stats, sessions, wall, processed, bench, audit,
-                   interrupted=bool(interrupts.count), stopped=stopped)
+                   interrupted=bool(interrupts.count), stopped=stopped, lost=lost)
 
 
 def _ray_errors() -> tuple[type, ...]:
@@ -556,18 +684,16 @@ def _ray_errors() -> tuple[type, ...]:
     return (RayError,)
 
 
-def print_dashboard(url: str) -> None:
-    if not url.startswith("http"):
-        url = "http://" + url
-    print(f"Ray dashboard: {url}  (token auth: the token is in ~/.ray/auth_token (or"
-          " $RAY_AUTH_TOKEN_PATH), or run `ray get-auth-token`; send 'Authorization: Bearer <token>',"
-          " or set the browser cookie 'ray-authentication-token')", file=sys.stderr)
-
-
 # ------------------------------------------------------------------ finish
 
-def finish(job: Job, outcome: Outcome) -> dict:
-    """summary.json and report.html from this job's rows; returns the summary."""
+# What an invocation measured, not what its rows say: kept when a rerun has nothing to do.
+TIMING_FIGURES = ("wall_s", "throughput_videos_per_s", "videos_this_run", "bench", "sessions",
+                  "simulated_devices", "faults")
+
+
+def finish(job: Job, outcome: Outcome, timing: dict | None = None) -> dict:
+    """summary.json and report.html from this job's rows; returns the summary. ``timing``: an
+    earlier summary whose TIMING_FIGURES stay (a rerun that had nothing to do)."""
     from harness import results
     from harness.report import write_report
 
@@ -576,6 +702,7 @@ def finish(job: Job, outcome: Outcome) -> dict:
         summary = json.loads(path.read_text()) if path.exists() else {}
         summary["bench"] = outcome.bench
         summary["simulated_devices"] = simulated_note(outcome.sessions)
+        summary["work_dir"] = str(job.work)   # (no earlier summary: the results line needs it)
         table = results.job_table(job.work, summary.get("limit"))
     else:
         table = results.job_table(job.work, indices=[e.index for e in job.entries])
@@ -583,7 +710,7 @@ def finish(job: Job, outcome: Outcome) -> dict:
         open_gop = faults.pop("open_gop")     # (this invocation's files)
         summary = results.summarize(
             table, wall_s=outcome.wall_s, processed=outcome.processed, backend=job.spec.backend,
-            artifact=artifact_section(job), bench=outcome.bench,
+            artifact=artifact_section(job), bench=outcome.bench, videos_total=len(job.entries),
             extra={"faults": faults, "interrupted": outcome.interrupted, "stopped": outcome.stopped,
                    "decoding": {"seek": job.options.seek, "open_gop_files": open_gop},
                    "sessions": outcome.sessions,
@@ -593,6 +720,8 @@ def finish(job: Job, outcome: Outcome) -> dict:
                    "ray": job.settings.ray,
                    "subset": job.subset, "audit": audit_section(job, outcome.audit),
                    "config": str(job.cfg.get("_harness_config_path"))})
+    if timing:
+        summary.update({key: timing[key] for key in TIMING_FIGURES if key in timing})
     results.write_summary(job.work, summary)
     try:
         rows = table.select([c for c in table.column_names if c != "scores"]).to_pylist()
@@ -605,17 +734,47 @@ def finish(job: Job, outcome: Outcome) -> dict:
 def execute(args: argparse.Namespace,
             on_result: Callable[[VideoResult], None] | None = None) -> dict:
     """The whole run: prepare, evaluate, finish; returns the summary (also in the work dir).
-    A run that stopped early still writes its summary and report, then raises RunStopped."""
+    A run that stopped early still writes its summary and report, then raises RunStopped. With
+    nothing left to do it starts nothing (only the loops, for --bench-loops)."""
     job = prepare(args)
+    outcome = None
     try:
+        if not job.todo and not job.settings.bench_only:   # a rerun of a finished run
+            if not job.settings.bench_loops:
+                return recorded_summary(job)               # no Ray, no actor
+            log.info("%s", nothing_to_do(job, "running only the benchmark loops asked for"))
+            job = dataclasses.replace(job, decoder=None, settings=dataclasses.replace(
+                job.settings, bench_only=True, progress=False))
         outcome = evaluate(job, make_runner(job), on_result)
         summary = finish(job, outcome)
     finally:
         job.lock.close()      # (the kernel would release it with the process; a caller goes on)
     if outcome.stopped:
         raise RunStopped(f"{outcome.stopped}\n(the summary and report of what was recorded are"
-                         f" in {job.work})")
+                         f" in {job.work})", lost=outcome.lost)
     return summary
+
+
+def nothing_to_do(job: Job, then: str) -> str:
+    return (f"nothing to do: all {len(job.entries)} videos of the list are recorded in"
+            f" {job.work}; {then} (to run them again: --overwrite; to retry the failed ones:"
+            " --retry-failed)")
+
+
+def recorded_summary(job: Job) -> dict:
+    """Every video of the job is recorded: summary.json and report.html again from the rows,
+    keeping the timing figures of the run that measured them (this invocation measured
+    nothing, and a throughput of 0 would overwrite the measurement)."""
+    from harness import results
+
+    try:
+        earlier = json.loads((job.work / results.SUMMARY_FILE).read_text())
+    except (OSError, ValueError):   # none written (a killed driver): the rows still count
+        earlier = {}
+    log.info("%s", nothing_to_do(job, "the summary keeps the earlier run's timing"))
+    idle = Outcome(RunStats(), earlier.get("sessions") or [], 0.0, 0, None,
+                   AuditOutcome(job.audited, job.reference_what, {}))
+    return finish(job, idle, timing=earlier)
 
 
 def artifact_section(job: Job) -> dict:
@@ -650,13 +809,19 @@ def audit_section(job: Job, audit: AuditOutcome) -> dict | None:
 
 def class_names(job: Job) -> list[str]:
     """Class names for the report: --label-map, the config's harness.label_map, or K400's."""
+    return label_names(job.cfg, job.settings.label_map)
+
+
+def label_names(cfg, path: str | None) -> list[str]:
+    """The label map at ``path`` (else K400's for a 400-class model, else none); a map whose
+    length is not the model's class count is a ListError naming both."""
     from harness.config import LABEL_MAP_K400, model_section
     from harness.data import load_label_map
 
-    path = job.settings.label_map
-    if path is None and int(model_section(job.cfg)["cls_head"]["num_classes"]) == 400:
+    num_classes = int(model_section(cfg)["cls_head"]["num_classes"])
+    if path is None and num_classes == 400:
         path = LABEL_MAP_K400
-    return load_label_map(path) if path else []
+    return load_label_map(path, num_classes) if path else []
 
 
 def format_table(summary: dict) -> str:
@@ -674,7 +839,7 @@ def format_table(summary: dict) -> str:
     if subset:
         rows.append(("subset", f"{subset['videos']} of {subset['of']} videos, stratified by class,"
                                f" seed {subset['seed']}: an estimate, not the full list"))
-    rows += [("videos", f"{summary['videos_ok']} ok / {summary['videos_total']}"),
+    rows += [("videos", videos_line(summary)),
             ("failed", f"{summary['videos_failed']} {summary['failures'] or ''}".strip()),
             ("throughput", f"{summary['throughput_videos_per_s']:.3f} videos/s"
                            f" ({summary['videos_this_run']} in {summary['wall_s']:.1f} s)"),
@@ -686,6 +851,20 @@ def format_table(summary: dict) -> str:
                                  " return other frames (docs/decoding.md, \"Open GOP\")"))
     rows += audit_rows(summary.get("audit"))
     return "\n".join(f"{k:<20} {v}" for k, v in rows)
+
+
+def videos_line(summary: dict) -> str:
+    """'634 ok of 1,248', and how many the job has not recorded when it did not finish."""
+    total = summary["videos_total"]
+    line = f"{summary['videos_ok']:,} ok of {total:,}"
+    left = total - summary.get("videos_recorded", total)
+    if left <= 0:
+        return line
+    if summary.get("interrupted"):
+        return line + f" (interrupted: {left:,} not recorded; the same command resumes)"
+    if summary.get("stopped"):
+        return line + f" (stopped: {left:,} not recorded; the message above says why and what to run)"
+    return line + f" ({left:,} not recorded; the same command resumes)"
 
 
 def audit_rows(audit: dict | None) -> list[tuple[str, str]]:
@@ -712,16 +891,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cli.setup_logging(args)
     resume = "python -m harness.run " + shlex.join(sys.argv[1:] if argv is None else argv)
+    # the demo replaces its results on every run (harness.demo.prepare): no resume to offer
+    again = "the demo starts over on its next run" if args.demo else f"resume with: {resume}"
     try:
-        if args.demo:
-            from harness import demo
-            demo.prepare(args)
-        summary = execute(args)
+        with Interrupts():   # Ctrl-C and SIGTERM act at every stage, from here on
+            if args.demo:
+                from harness import demo
+                demo.prepare(args)
+            summary = execute(args)
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if isinstance(exc, RayLost) or getattr(exc, "lost", False):
+            print(f"what was recorded is kept; {again}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"stopped. What was recorded is in the work dir; resume with: {resume}", file=sys.stderr)
+        print(f"stopped. What was recorded is in the work dir; {again}", file=sys.stderr)
         return 130
     from harness.bench import format_bench
 
@@ -732,13 +916,15 @@ def main(argv: list[str] | None = None) -> int:
     if summary.get("simulated_devices"):
         print(f"warning: {summary['simulated_devices']}", file=sys.stderr)
     work = Path(summary.get("work_dir", args.work_dir or "."))
-    print(f"results: {work / 'predictions.parquet'}, {work / 'summary.json'}, {work / 'report.html'}")
+    written = ("summary.json", "report.html") if args.bench_only else (   # only what was written
+        "predictions.parquet", "summary.json", "report.html")
+    print("results: " + ", ".join(str(work / name) for name in written))
     manifest = (summary.get("artifact") or {}).get("manifest")
     if manifest:
         print(f"model artifact: {Path(manifest).parent}")
     if summary.get("interrupted"):
-        print(f"interrupted: {summary.get('videos_total')} of the list's videos recorded; resume"
-              f" with: {resume}", file=sys.stderr)
+        print(f"interrupted: {summary.get('videos_recorded')} of {summary.get('videos_total')}"
+              f" videos recorded; {again}", file=sys.stderr)
         return 130
     if args.demo:
         from harness import demo

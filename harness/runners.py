@@ -152,6 +152,8 @@ class RayRunner:
         self.decoders: list = []
         self.started = False
         self.dashboard_url: str | None = None
+        self.instance = None     # cluster.RayInstance, when this runner started or joined Ray
+        self.watch = None        # cluster.InstanceWatch of that instance
         self.scheduler = None
         self._decoder = None
         self._decoder_calls = 1
@@ -166,6 +168,14 @@ class RayRunner:
         return self.scheduler.stats if self.scheduler is not None else RunStats()
 
     def start(self, deployment: Deployment) -> list[dict]:
+        try:
+            return self._start(deployment)
+        except Exception:
+            if self.watch is not None:   # a lost instance is named as such, not by what it broke
+                self.watch.confirm()
+            raise
+
+    def _start(self, deployment: Deployment) -> list[dict]:
         from harness import cluster
 
         plan, decoder, decoders = deployment.plan, deployment.decoder, deployment.decoders
@@ -174,13 +184,16 @@ class RayRunner:
         others = int(reference is not None)      # the audit's reference actor takes a CPU
         self.started, self.dashboard_url = cluster.connect(self.address, self.resources, plan,
                                                            decoders, others)
+        if self.started:
+            self.instance = cluster.ray_instance(self.address, self.dashboard_url)
+            self.watch = cluster.InstanceWatch(self.instance.local)
         initial, self._max_decoders = cluster.wait_for_devices(plan, decoders, self.options.wait,
                                                                others)
         if decoder is None:
             initial = self._max_decoders = 0
         self.actors, self.decoders, descriptions = cluster.start_actors(
             deployment.spec_for, plan, decoder, initial, startup_s=self.options.startup_timeout,
-            decoder_calls=decoder_calls)
+            decoder_calls=decoder_calls, watch=self.watch)
         self._decoder_calls = decoder_calls
         if reference is not None:   # a side measurement: the run goes on without it
             try:
@@ -224,8 +237,18 @@ class RayRunner:
                              for d in self._descriptions],
             audit=(Audit(self.reference, frozenset(audit[0]), audit[1])
                    if audit and self.reference is not None else None))
+        def watched() -> None:
+            if self.watch is not None:
+                self.watch.check()
+            if tick is not None:
+                tick()
+
         try:
-            return self.scheduler.run(entries, record, tick)
+            return self.scheduler.run(entries, record, watched)
+        except Exception:
+            if self.watch is not None:   # nobody left because the instance itself is gone?
+                self.watch.confirm()
+            raise
         finally:
             self.decoders = list(self.scheduler.decoders.handles)   # replacements, growth
 
@@ -243,6 +266,7 @@ class RayRunner:
     def close(self) -> None:
         from harness import cluster
 
+        lost = self.watch is not None and self.watch.lost is not None
         cluster.release(self.actors + ([self.reference] if self.reference else []), self.decoders,
-                        self.started)
+                        self.started, lost=lost)
         self.actors, self.decoders, self.reference = [], [], None

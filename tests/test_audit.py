@@ -264,3 +264,23 @@ def test_a_reference_that_cannot_start_skips_the_audit_not_the_run(inputs, clust
     assert summary["videos_ok"] == 8
     assert summary["audit"] == {"skipped": "the audit's reference actor did not start: Get timed out"}
     assert "skipped" in format_table(summary)
+
+
+def test_a_cpu_run_in_fp32_has_nothing_to_audit_and_says_so(inputs, tmp_path, capsys):
+    # issue 19: --cpus with onnxruntime fp32 runs the reference itself; auditing it would
+    # compare the model with itself and always say "ok"
+    code = main(run_args(inputs, tmp_path, "--cpus", "1", "--no-ray", "--audit", "4",
+                         ann=inputs.good_list))
+    out = capsys.readouterr().out
+    assert code == 0
+    why = ("nothing to audit: the device model is already the fp32 reference on a CPU (an audit"
+           " would compare it with itself)")
+    assert json.loads((tmp_path / "summary.json").read_text())["audit"] == {"skipped": why}
+    assert f"audit                skipped: {why}" in out and "verdict" not in out
+    assert f"Audit skipped: {why}" in (tmp_path / "report.html").read_text()
+    assert not (tmp_path / audit.AUDIT_DIR).exists()
+    # the same model on a GPU is audited against it (TF32 or fp16 there)
+    from harness.backends import ModelSpec
+
+    spec = ModelSpec.from_artifact(inputs.artifact.directory, "onnxruntime")
+    assert audit.reference_spec(spec, "gpu")[0] == spec

@@ -23,9 +23,10 @@ def test_all_of_the_first_window_failing_stops_with_the_likely_fix():
     with pytest.raises(SystematicFailure) as info:
         breaker.observe(failed(49))
     message = str(info.value)
-    assert "50 of 50 videos failed (all of the first 50)" in message and "'missing' (50)" in message
+    assert "50 of 50 videos failed (all of the first 50)" in message
+    assert "'missing' (50; e.g. v0.mp4)" in message          # the first path that was not found
     assert "check --data-prefix" in message
-    # none was found: this work dir accepts the corrected command (harness.results)
+    # none was scored: this work dir accepts the corrected command (harness.results)
     assert "run the corrected command (--data-prefix or the list): this work dir accepts it" in message
 
 
@@ -41,6 +42,9 @@ def test_a_rate_of_1_never_stops():
     (["timeout"] * 8, "the same command resumes and retries these videos"),
     (["empty"] * 8, "add --retry-failed to retry these videos"),
     (["permission denied"] * 8, "add --retry-failed"),
+    # a wrong folder can give these too: the corrected command is accepted while none was scored
+    (["unreadable container"] * 8, "a corrected --data-prefix or list is accepted too"),
+    (["unreadable container"] * 6 + [None] * 2, "a corrected --data-prefix or list needs --overwrite"),
 ])
 def test_the_advice_says_what_to_run_once_fixed(reasons, advice):
     breaker = CircuitBreaker(window=8, max_rate=0.5)
@@ -49,6 +53,16 @@ def test_the_advice_says_what_to_run_once_fixed(reasons, advice):
             breaker.observe(ok(i) if reason is None else failed(i, reason))
     assert advice in str(info.value), str(info.value)
     assert "--max-failure-rate 1 never stops" in str(info.value)
+
+
+def test_a_work_dir_scored_before_this_run_needs_overwrite_for_a_corrected_location():
+    # a resume whose earlier invocation scored videos: prepare_work_dir refuses a changed prefix
+    breaker = CircuitBreaker(window=4, max_rate=0.5, scored_before=True)
+    with pytest.raises(SystematicFailure) as info:
+        for i in range(4):
+            breaker.observe(failed(i))
+    assert "run the corrected command with --overwrite" in str(info.value)
+    assert "this work dir accepts it" not in str(info.value)
 
 
 def test_a_few_broken_files_never_stop_a_run():
@@ -62,7 +76,7 @@ def test_more_than_the_rate_after_the_window_stops_naming_the_dominant_reason():
     results = [ok(i) for i in range(5)] + [failed(i, "timeout") for i in range(5, 10)]
     for r in results:                                          # 5 of 10: not more than half
         breaker.observe(r)
-    with pytest.raises(SystematicFailure, match="6 of 11.*more than 50%.*'timeout' \\(6\\).*stalled"):
+    with pytest.raises(SystematicFailure, match="6 of 11.*more than 50%.*'timeout' \\(6; e.g. v5.mp4\\).*stalled"):
         breaker.observe(failed(10, "timeout"))
 
 

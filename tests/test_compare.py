@@ -269,3 +269,40 @@ def test_the_command_runs_as_a_module(tmp_path):
                            str(tmp_path / "y")], capture_output=True, text=True, timeout=120,
                           check=False)
     assert done.returncode == 2 and done.stderr.startswith("error: ")
+
+
+def test_runs_that_split_paths_differently_pair_by_absolute_path(tmp_path, capsys, label_map):
+    # issue 19: A ran prefix /data with list k400/val/<class>/<video>, B prefix /data/k400/val
+    # with <class>/<video>: relative paths differ, the files read are the same
+    a_videos = [(i, f"/data/k400/val/{relative_path(i)}", label_of(i), predictions(i)[0])
+                for i in range(VIDEOS)]
+    b_videos = [(i, f"/data/k400/val/{relative_path(i)}", label_of(i), predictions(i)[1])
+                for i in range(VIDEOS)]
+    a = write_run(tmp_path / "a", a_videos, data_prefix="/data", list_sha256="list-1")
+    b = write_run(tmp_path / "b", b_videos, data_prefix="/data/k400/val", list_sha256="list-2")
+    result = run_json(capsys, a, b, "--label-map", label_map)
+    assert result["matching"] == "absolute path" and result["matched"] == 30
+    assert_known_numbers(result)
+    assert compare.main([str(a), str(b), "--label-map", str(label_map)]) == 0
+    assert "matched by absolute path" in capsys.readouterr().out
+
+
+def test_runs_with_no_video_in_common_are_a_user_error(tmp_path, capsys):
+    # issue 19: nothing paired, or nothing scored in both: no number to report, exit 2
+    a = write_run(tmp_path / "a", [(i, f"/v/x{i}.mp4", 1, 1) for i in range(3)],
+                  data_prefix="/v", list_sha256="s1")
+    b = write_run(tmp_path / "b", [(i, f"/w/y{i}.mp4", 1, 1) for i in range(3)],
+                  data_prefix="/w", list_sha256="s2")
+    assert compare.main([str(a), str(b)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == (
+        f"error: {a} and {b} have no video in common by relative or absolute path (e.g. A read"
+        " /v/x0.mp4, B /w/y0.mp4): compare two runs over the same videos\n")
+    c = write_run(tmp_path / "c", [(i, f"/v/x{i}.mp4", 1, None) for i in range(3)],
+                  data_prefix="/v", list_sha256="s1")                 # every video failed
+    assert compare.main([str(a), str(c)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == (
+        "error: none of the 3 videos both runs recorded was scored in both (failed in A: 0, in"
+        " B: 3; labels differ: 0): there is nothing to compare; fix the failures and resume the"
+        " runs first\n")

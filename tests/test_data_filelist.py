@@ -116,3 +116,32 @@ def test_cli_custom_label_map(tree, tmp_path):
     out = tmp_path / "l.txt"
     assert main([str(tree), "--out", str(out), "--label-map", str(labels)]) == 0
     assert "hurling_(sport)/h.mkv 2" in out.read_text().splitlines()
+
+
+@pytest.mark.parametrize("line", ["abseiling/vid_001 300 5", "abseiling/vid 001 0 300 5"])
+def test_a_rawframe_line_is_refused_and_a_path_with_spaces_is_not(tmp_path, line):
+    # issue 19: mmaction's rawframe form '<frame folder> <frames> <label>' (with an offset too)
+    path = write(tmp_path, f"a b/c d.mp4 1\n{line}\n")
+    with pytest.raises(ListError) as info:
+        read_list(path, "", num_classes=8)
+    assert str(info.value).startswith(f"{path}:2: {line!r} has {len(line.split())} columns: this"
+                                      " looks like a rawframe list (mmaction's RawframeDataset form")
+    assert "python -m harness.data.filelist VIDEO_FOLDER --out LIST" in str(info.value)
+    assert read_list(write(tmp_path, "a b/c 2 d.mp4 1\n"), "")[0].path == "a b/c 2 d.mp4"
+
+
+def test_a_list_of_one_column_names_the_tool_that_makes_one(tmp_path):
+    path = write(tmp_path, "lonely.mp4\n")
+    with pytest.raises(ListError) as info:
+        read_list(path, "")
+    assert str(info.value) == (f"{path}:1: expected '<relative path> <label>', got 'lonely.mp4';"
+                               " make a list with `python -m harness.data.filelist VIDEO_FOLDER"
+                               " --out LIST`")
+
+
+def test_the_cli_runs_as_a_module_without_runpy_warnings():
+    # issue 19: harness.data imported filelist eagerly, so `-m harness.data.filelist` warned
+    result = subprocess.run([sys.executable, "-W", "error", "-m", "harness.data.filelist", "--help"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert result.stdout.startswith("usage: python -m harness.data.filelist")

@@ -95,6 +95,10 @@ def test_report_renders_in_headless_chromium(tmp_path):
             page.goto(report.as_uri())
             assert page.title().startswith("Evaluation report")
             assert page.locator("svg.chart").count() == 2
+            # what a reader sees: the class names on the chart, a wall time people read
+            chart = page.locator('svg[aria-label="per-class top-1 accuracy"]')
+            assert sorted(chart.locator("text[text-anchor=end]").all_text_contents()) == NAMES
+            assert page.locator(".card", has_text="wall time").inner_text().split() == ["wall", "time", "4.0", "s"]
             shot = page.screenshot(full_page=True, path=str(tmp_path / "report.png"))
         finally:
             browser.close()
@@ -106,3 +110,29 @@ def test_report_renders_in_headless_chromium(tmp_path):
     pixels = np.asarray(Image.open(BytesIO(shot)).convert("L"))
     assert pixels.std() > 10, "the screenshot is blank"
     assert (pixels < 128).mean() > 0.01  # text and bars drawn, not an empty page
+
+
+@pytest.mark.parametrize("seconds, shown", [
+    (4.0, "4.0 s"), (2.156, "2.2 s"), (59.94, "59.9 s"), (59.96, "1 min 00 s"), (754, "12 min 34 s"),
+    (3599.4, "59 min 59 s"), (3725, "1 h 02 min"), (9 * 3600 + 59 * 60 + 40, "10 h 00 min")])
+def test_wall_time_is_shown_as_people_read_it(tmp_path, seconds, shown):
+    page = write_report(tmp_path, {**_summary(4, 0), "wall_s": seconds}, _rows()[:4], NAMES).read_text()
+    assert f'<div class="k">wall time</div><div class="v">{shown}</div>' in page
+
+
+def test_pipeline_efficiency_says_what_it_means(tmp_path):
+    from harness.bench import add_efficiency, format_bench
+
+    def loops() -> dict:   # one device at 200 videos/s in the loops
+        return dict(devices=[dict(device="cpu:0", node="n1", mean_ms=5.0, p50_ms=5.0, p99_ms=6.0,
+                                  throughput_videos_per_s=200.0)], aggregate_videos_per_s=200.0)
+
+    bench = add_efficiency(loops(), 10.0)      # 10 videos/s end to end
+    meaning = ("end-to-end 10.000 videos/s: pipeline efficiency 0.05 of the loops' 200.000 (below 1,"
+               " the devices waited for decoded clips or shared CPU cores with the decoders)")
+    assert format_bench(bench).splitlines()[-1] == meaning
+    page = write_report(tmp_path, {**_summary(4, 0), "bench": bench}, _rows()[:4], NAMES).read_text()
+    assert f"<p>aggregate 200 videos/s; {meaning.replace(chr(39), '&#x27;')}</p>" in page
+    # bench-only (no evaluation to compare with): no efficiency at all
+    alone = add_efficiency(loops(), None)
+    assert "efficiency" not in format_bench(alone)

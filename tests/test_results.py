@@ -159,9 +159,24 @@ def test_a_corrected_data_prefix_is_the_same_run_when_nothing_was_found(tmp_path
     results.prepare_work_dir(tmp_path, _identity(data_prefix="/wrong"), overwrite=True)
     _failures(tmp_path, ["missing"] * 3)
     assert results.prepare_work_dir(tmp_path, _identity(list_sha256="d" * 64, list_length=12)) is False
+    # a wrong folder's files failing for their own reason: nothing was scored, nothing is lost
+    results.prepare_work_dir(tmp_path, _identity(data_prefix="/wrong"), overwrite=True)
+    _failures(tmp_path, ["missing", "empty", "unreadable container"])
+    assert results.prepare_work_dir(tmp_path, _identity()) is False
 
 
-@pytest.mark.parametrize("recorded", [["missing", None, "missing"], ["missing", "empty"]])
+def test_the_refusal_of_a_corrected_location_says_what_it_would_discard(tmp_path):
+    results.prepare_work_dir(tmp_path, _identity(data_prefix="/wrong"))
+    _failures(tmp_path, [None, "empty", "missing", None])     # v2.mp4: the first 'missing'
+    with pytest.raises(ConfigError) as info:
+        results.prepare_work_dir(tmp_path, _identity())
+    assert str(info.value) == (
+        f"{tmp_path} holds results of another run (differs in: data_prefix); 2 of its videos were"
+        " scored at the old location, so the corrected one would discard them (e.g. v2.mp4:"
+        " missing); use another --work-dir, or --overwrite to delete those results")
+
+
+@pytest.mark.parametrize("recorded", [["missing", None, "missing"], [None, "empty"]])
 def test_a_corrected_data_prefix_is_refused_when_some_videos_were_found(tmp_path, recorded):
     results.prepare_work_dir(tmp_path, _identity(data_prefix="/wrong"))
     _failures(tmp_path, recorded)

@@ -299,3 +299,44 @@ def test_a_session_that_cannot_load_is_one_message(inputs, cluster, tmp_path, ca
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "is not a FAKE-OM v1 file" in err and "Traceback" not in err
+
+
+def test_an_interrupted_run_says_so_in_the_table_summary_and_report(inputs, tmp_path, capsys,
+                                                                    monkeypatch):
+    # issue 19: Ctrl-C once the third of the good list's 8 videos is recorded (the event, not
+    # a time): every output says 3 of 8, interrupted, and videos_total is the list's 8
+    from harness import run
+
+    def ctrl_c_at_the_third(result):
+        if result.index == 2:
+            os.kill(os.getpid(), signal.SIGINT)                 # the run's own handler takes it
+
+    whole = run.execute
+    monkeypatch.setattr(run, "execute", lambda args: whole(args, ctrl_c_at_the_third))
+    assert main(run_args(inputs, tmp_path, "--cpus", "1", "--no-ray", ann=inputs.good_list)) == 130
+    out, err = capsys.readouterr()
+    assert "videos               3 ok of 8 (interrupted: 5 not recorded; the same command resumes)" in out
+    assert "interrupted: 3 of 8 videos recorded; resume with: python -m harness.run" in err
+    summary = json.loads((tmp_path / results.SUMMARY_FILE).read_text())
+    assert (summary["videos_total"], summary["videos_recorded"], summary["videos_ok"]) == (8, 3, 3)
+    assert summary["complete"] is False and summary["interrupted"] is True
+    page = (tmp_path / "report.html").read_text()
+    assert "3 of 8 videos recorded, interrupted" in page
+    assert ("This run was interrupted before the end of its list: 3 of 8 videos recorded; every"
+            " number here covers those only. The same command resumes.") in page
+    # the same command finishes the list: complete, and nothing says otherwise
+    assert main(run_args(inputs, tmp_path, "--cpus", "1", "--no-ray", ann=inputs.good_list)) == 0
+    out = capsys.readouterr().out
+    assert "videos               8 ok of 8\n" in out
+    summary = json.loads((tmp_path / results.SUMMARY_FILE).read_text())
+    assert (summary["videos_total"], summary["videos_recorded"], summary["complete"]) == (8, 8, True)
+    assert "before the end of its list" not in (tmp_path / "report.html").read_text()
+
+
+def test_bench_only_lists_only_the_files_it_wrote(inputs, tmp_path, capsys):
+    # issue 19: --bench-only writes no predictions, so its results line does not name them
+    assert main(run_args(inputs, tmp_path, "--cpus", "1", "--no-ray", "--bench-only",
+                         "--bench-loops", "1", ann=inputs.good_list)) == 0
+    out = capsys.readouterr().out
+    assert f"results: {tmp_path / 'summary.json'}, {tmp_path / 'report.html'}\n" in out
+    assert "predictions.parquet" not in out and not (tmp_path / results.PREDICTIONS).exists()

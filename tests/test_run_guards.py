@@ -57,20 +57,47 @@ def test_a_wrong_video_folder_trips_the_breaker_and_stays_resumable(inputs, tmp_
     argv = no_ray(inputs, work, ann=inputs.long_list)  # 160 entries
     argv[argv.index("--data-prefix") + 1] = str(wrong)
     err = refused(capsys, argv)
-    assert "stopped: 50 of 50 videos failed" in err and "'missing' (50)" in err and "--data-prefix" in err
+    first = inputs.long_list.read_text().split()[0]            # the full path tried, quoted
+    assert "stopped: 50 of 50 videos failed" in err and f"'missing' (50; e.g. {wrong / first})" in err
+    assert "--data-prefix" in err
     assert "this work dir accepts it" in err
     assert len(results.done_indices(work)) == 50      # recorded
     # the summary and the report say what was recorded, and that the run stopped
     summary = json.loads((work / results.SUMMARY_FILE).read_text())
     assert "50 of 50 videos failed" in summary["stopped"] and summary["videos_failed"] == 50
     assert summary["failures"] == {"missing": 50}
-    assert "This run stopped before the end of its list" in (work / "report.html").read_text()
+    # ... of how many: the list's 160 (issue 19)
+    assert (summary["videos_total"], summary["videos_recorded"], summary["complete"]) == (160, 50, False)
+    assert ("This run stopped before the end of its list: 50 of 160 videos recorded; every number"
+            " here covers those only.") in (work / "report.html").read_text()
     # the corrected command is the same run: accepted, and it scores the videos
     fixed = no_ray(inputs, work, "--limit", "60", ann=inputs.long_list)
     assert run.main(fixed) == 0, capsys.readouterr().err
     summary = json.loads((work / results.SUMMARY_FILE).read_text())
     assert summary["stopped"] is None and summary["videos_total"] == 60
     assert "missing" not in (summary["failures"] or {})
+
+
+def test_a_folder_of_non_videos_trips_the_breaker_and_its_advice_is_what_the_work_dir_accepts(
+        inputs, tmp_path, capsys):
+    # issue 19: a wrong --data-prefix whose files exist but are no videos fails them as
+    # 'unreadable container', not 'missing'; the advice and the resume check must still agree
+    wrong = tmp_path / "thumbnails"
+    lines = [line.split() for line in inputs.good_list.read_text().splitlines() if line.strip()]
+    for rel, _ in lines:
+        (wrong / rel).parent.mkdir(parents=True, exist_ok=True)
+        (wrong / rel).write_bytes(b"a thumbnail, not a video\n" * 20)
+    work = tmp_path / "w"
+    argv = no_ray(inputs, work, ann=inputs.good_list)
+    argv[argv.index("--data-prefix") + 1] = str(wrong)
+    err = refused(capsys, argv)
+    assert f"'unreadable container' ({len(lines)}; e.g. {wrong / lines[0][0]})" in err
+    assert "a corrected --data-prefix or list is accepted too, since none of this work dir's" \
+           " videos was scored" in err
+    fixed = no_ray(inputs, work, ann=inputs.good_list)          # as the advice says: accepted
+    assert run.main(fixed) == 0, capsys.readouterr().err
+    summary = json.loads((work / results.SUMMARY_FILE).read_text())
+    assert summary["videos_ok"] == len(lines) and summary["failures"] == {}
 
 
 def test_a_file_where_the_work_dir_should_be_is_one_message(inputs, tmp_path, capsys):
@@ -195,3 +222,42 @@ def test_a_video_whose_reads_fail_with_eio_is_a_read_error_and_scored_once_stora
     assert after["not_there.mp4"]["error"] == "missing"              # not retried: still missing
     summary = json.loads((work / results.SUMMARY_FILE).read_text())
     assert summary["videos_this_run"] == 1 and summary["failures"] == {"missing": 1}
+
+
+def test_a_finished_run_rerun_has_nothing_to_do_and_keeps_its_timing(inputs, tmp_path, capsys,
+                                                                     caplog, monkeypatch):
+    # issue 19, item 5: no Ray, no actor; one line says so; summary.json keeps the measurement
+    work = tmp_path / "w"
+    argv = no_ray(inputs, work, ann=inputs.good_list)
+    assert run.main(argv) == 0
+    capsys.readouterr()
+    first = json.loads((work / results.SUMMARY_FILE).read_text())
+    assert first["videos_this_run"] == 8 and first["throughput_videos_per_s"] > 0
+    monkeypatch.setattr(run, "make_runner", lambda job: pytest.fail("started a runner"))
+    with caplog.at_level("INFO", logger="harness.run"):
+        assert run.main(argv) == 0
+    out = capsys.readouterr().out
+    assert (f"nothing to do: all 8 videos of the list are recorded in {work}; the summary keeps"
+            " the earlier run's timing (to run them again: --overwrite; to retry the failed ones:"
+            " --retry-failed)") in caplog.messages
+    assert not any(m.startswith("resuming:") for m in caplog.messages)
+    again = json.loads((work / results.SUMMARY_FILE).read_text())
+    for key in ("wall_s", "throughput_videos_per_s", "videos_this_run", "sessions", "top1",
+                "videos_ok", "videos_total"):
+        assert again[key] == first[key], key
+    # the table is the earlier run's measurement, not "0.000 videos/s"
+    assert (f"throughput           {first['throughput_videos_per_s']:.3f} videos/s (8 in"
+            f" {first['wall_s']:.1f} s)") in out
+
+
+def test_a_finished_run_rerun_with_bench_loops_runs_only_the_loops(inputs, tmp_path, caplog):
+    work = tmp_path / "w"
+    first = run.execute(run.parse_args(no_ray(inputs, work, ann=inputs.good_list)))
+    with caplog.at_level("INFO", logger="harness.run"):
+        again = run.execute(run.parse_args(no_ray(inputs, work, "--bench-loops", "2",
+                                                  ann=inputs.good_list)))
+    assert any(m.startswith("nothing to do: all 8 videos of the list are recorded in")
+               and "running only the benchmark loops asked for" in m for m in caplog.messages)
+    assert [d["loops"] for d in again["bench"]["devices"]] == [2]
+    for key in ("wall_s", "throughput_videos_per_s", "videos_this_run", "top1"):
+        assert again[key] == first[key], key

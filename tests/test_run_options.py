@@ -134,3 +134,37 @@ def test_every_flag_has_help():
     for parser in (run._parser(), build._parser()):
         missing = [a.option_strings for a in parser._actions if not a.help]
         assert missing == [], parser.prog
+
+
+def test_a_missing_list_names_the_flag_or_key_that_gave_it(inputs, tmp_path, capsys):
+    missing = tmp_path / "no_such_list.txt"
+    argv = _run_argv(inputs, tmp_path / "w", "--cpus", "1")
+    argv[argv.index("--ann-file") + 1] = str(missing)
+    assert run.main(argv) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: video list not found: {missing} (given by --ann-file); give the path of an"
+        " existing list, or make one with `python -m harness.data.filelist VIDEO_FOLDER --out LIST`")
+    # without --ann-file the list is the config's: the message names the config's key
+    config = tmp_path / "cfg.py"
+    config.write_text(f"_base_ = [{str(CONFIG)!r}]\ndata = dict(test=dict(ann_file={str(missing)!r}))\n")
+    assert run.main(["--config", str(config), "--checkpoint", str(inputs.checkpoint), "--cpus", "1",
+                     "--data-prefix", str(inputs.videos), "--work-dir", str(tmp_path / "w2"),
+                     "--no-ray"]) == 2
+    err = capsys.readouterr().err
+    assert f"video list not found: {missing} (given by data.test.ann_file in the config)" in err
+
+
+def test_random_weights_are_warned_about_once(inputs, tmp_path, caplog):
+    """A fresh build (where the build used to warn too) and the run: one warning."""
+    caplog.set_level(logging.WARNING)
+    argv = _run_argv(inputs, tmp_path / "w", "--cpus", "1", "--limit", "1",
+                     "--build-dir", str(tmp_path / "build"))
+    argv[argv.index("--checkpoint"):argv.index("--checkpoint") + 2] = ["--random-weights"]
+    assert run.main(argv) == 0
+    warnings = [r.getMessage() for r in caplog.records if "random weights" in r.getMessage()]
+    assert warnings == ["evaluating random weights (--random-weights): the predictions are meaningless"]
+    # harness.build without --checkpoint warns once too, also when it reuses the build
+    caplog.clear()
+    assert build.main(["--config", str(CONFIG), "--build-dir", str(tmp_path / "build"), "-q"]) == 0
+    warnings = [r.getMessage() for r in caplog.records if "random weights" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("no checkpoint given: the artifact has random weights")

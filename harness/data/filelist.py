@@ -1,7 +1,9 @@
 """Video lists (mmaction VideoDataset format) and label maps.
 
 A list has one video per line: ``<path relative to data_prefix> <label index>``,
-whitespace separated (the path may itself contain spaces: the label is the last field).
+whitespace separated (the path may itself contain spaces: the label is the last field). A
+line whose path ends in a bare number is mmaction's rawframe form (``<frame folder> <frames>
+<label>``) and is refused, naming ``file:line``: the harness reads videos, not frame folders.
 Blank lines are skipped. A missing video file is *not* a list error: it becomes that
 video's failure record when it is decoded.
 
@@ -41,6 +43,7 @@ VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi")
 _DUPLICATES_SHOWN = 3   # duplicate entries named in the one warning about them
 _MISSING_SHOWN = 5      # absent Kinetics entries named in the message about them
 KINETICS_COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split")
+_MAKE_LIST = "python -m harness.data.filelist VIDEO_FOLDER --out LIST"   # named in list errors
 
 
 class ListError(HarnessError):
@@ -54,14 +57,17 @@ class VideoEntry:
     label: int
 
 
-def read_list_bytes(ann_file: str | Path, options: StorageOptions | None = None) -> bytes:
-    """A list's bytes, from a local file or a URI (``s3://bucket/val_list.txt``)."""
+def read_list_bytes(ann_file: str | Path, options: StorageOptions | None = None,
+                    given_by: str = "data.test.ann_file in the config") -> bytes:
+    """A list's bytes, from a local file or a URI (``s3://bucket/val_list.txt``); ``given_by``:
+    where the path came from (a flag or a config key), for the message when it is not found."""
     try:
         return storage.read_bytes(ann_file, options)
     except storage.StorageError as exc:
         if exc.reason is Reason.MISSING:
-            raise ListError(f"video list not found: {ann_file} (check data.test.ann_file in the"
-                            " config)") from None
+            raise ListError(f"video list not found: {ann_file} (given by {given_by}); give the"
+                            " path of an existing list, or make one with"
+                            f" `{_MAKE_LIST}`") from None
         raise ListError(f"cannot read video list {ann_file}: {exc.detail}") from None
 
 
@@ -90,8 +96,14 @@ def parse_list(content: bytes, ann_file: str | Path, data_prefix: str | Path | N
         where = f"{ann_file}:{lineno}"
         parts = line.rsplit(maxsplit=1)
         if len(parts) != 2:
-            raise ListError(f"{where}: expected '<relative path> <label>', got {line!r}")
+            raise ListError(f"{where}: expected '<relative path> <label>', got {line!r}; make a"
+                            f" list with `{_MAKE_LIST}`")
         rel, label_text = parts
+        if _is_rawframe(rel):
+            raise ListError(f"{where}: {line!r} has {len(line.split())} columns: this looks like"
+                            " a rawframe list (mmaction's RawframeDataset form, '<frame folder>"
+                            " <frames> <label>'), but the harness reads video lists"
+                            f" '<path> <label>'; make one with `{_MAKE_LIST}`")
         try:
             label = int(label_text)
         except ValueError:
@@ -114,8 +126,17 @@ def parse_list(content: bytes, ann_file: str | Path, data_prefix: str | Path | N
     return entries
 
 
-def load_label_map(path: str | Path) -> list[str]:
-    """Class names in label-index order, one per line (blank lines skipped)."""
+def _is_rawframe(rel: str) -> bool:
+    """A path whose last word is a whole number: ``<frame folder> <frames>`` of a rawframe list
+    (a video path may hold spaces, ``b c/y y.mkv``, but does not end in a bare number)."""
+    words = rel.split()
+    return len(words) > 1 and words[-1].isdigit()
+
+
+def load_label_map(path: str | Path, num_classes: int | None = None) -> list[str]:
+    """Class names in label-index order, one per line (blank lines skipped); with
+    ``num_classes`` (the model's), a map of another length is refused: its names would be
+    another model's classes."""
     path = Path(path)
     try:
         names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
@@ -129,6 +150,10 @@ def load_label_map(path: str | Path) -> list[str]:
         seen[name] = i
     if not names:
         raise ListError(f"{path}: label map is empty")
+    if num_classes is not None and len(names) != num_classes:
+        raise ListError(f"label map {path} names {len(names)} classes but the model has"
+                        f" {num_classes}: give the label map of this model's classes, one name a"
+                        " line in label order (--label-map, or harness.label_map in the config)")
     return names
 
 

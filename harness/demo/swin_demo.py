@@ -48,4 +48,7 @@ data = dict(
         data_prefix='videos',
         pipeline=test_pipeline))
 
-harness = dict(build=dict(input_dtype='uint8', batch=1))
+# The class names of the synthetic dataset (its label_map.txt), for reports of any run of
+# this config, with or without --demo.
+harness = dict(build=dict(input_dtype='uint8', batch=1),
+               label_map='{{ fileDirname }}/label_map.txt')
