@@ -185,14 +185,17 @@ def test_a_second_sweep_rebuilds_nothing_on_one_ray_instance(three_modes, tiny, 
         return {p.parent.name: (p.stat().st_ino, p.stat().st_mtime_ns)
                 for p in tiny["build"].glob("*/model.om")}
 
-    starts = []
-    real_init = ray.init
+    from harness import build
+
+    starts, built = [], []
+    real_init, real_build = ray.init, build._build_into
     monkeypatch.setattr(ray, "init", lambda *a, **k: starts.append(k) or real_init(*a, **k))
+    monkeypatch.setattr(build, "_build_into", lambda *a, **k: built.append(a) or real_build(*a, **k))
     before = builds()
     (code, out), err = _capture(lambda: main(sweep_args(tiny, tmp_path, "--npus", "1", "--resources",
                                                         '{"NPU": 1}', "--vary", VARY)))
     assert code == 0, err
-    assert builds() == before and len(before) == 3
+    assert built == [] and builds() == before and len(before) == 3
     assert len(starts) == 1 and not ray.is_initialized()   # one instance for all, stopped after
     assert "recommended: precision_mode=force_fp16 (" in out
     again = {v["options"]["precision_mode"]: v["artifact_hash"]
@@ -304,3 +307,107 @@ def test_why_a_variant_fails_in_its_words():
     assert got == ["top-1 agreement 0.5 < 0.99", "max |Δprob| 0.25 > 0.01",
                    "less accurate than the fp32 reference: McNemar p 0.0039 < 0.05 (9 videos right"
                    " only under the reference, 0 only under this)"]
+
+
+# ------------------------------------------------------------------ onnxruntime on a CPU
+
+def test_the_fp32_and_fp16_onnx_pair_on_a_cpu(tiny, doubles_env, tmp_path):
+    (code, out), err = _capture(lambda: main(sweep_args(tiny, tmp_path, "--cpus", "1", "--no-ray",
+                                                        "--vary", "onnx_precision=fp32,fp16")))
+    doc = json.loads((tmp_path / "sweep.json").read_text())
+    got = {v["options"]["onnx_precision"]: v for v in doc["variants"]}
+    assert code == 0, err
+    # fp32 on a CPU is its own reference; fp16 is audited against its build's fp32 ONNX
+    assert got["fp32"]["top1_agreement"] == 1.0 and got["fp32"]["max_abs_prob_diff"] == 0
+    assert "fp32 ONNX" in got["fp16"]["audit_reference"] and 0 < got["fp16"]["max_abs_prob_diff"]
+    assert all(v["audited"] == 8 and v["videos_per_s"] > 0 for v in got.values())
+    fastest = max((v for v in got.values() if v["passed"]), key=lambda v: v["videos_per_s"])
+    assert doc["recommended"]["name"] == fastest["name"]
+    assert f"recommended: {fastest['name']} (" in out
+
+
+# ------------------------------------------------------------------ resume
+
+def _wait_for_reader(fifo: Path, timeout: float = 300.0) -> int:
+    """Open ``fifo`` for writing: returns (the write end) once a reader has it open, i.e. once
+    the sweep's decoder is blocked at the gate."""
+    box: dict = {}
+    opener = threading.Thread(target=lambda: box.setdefault("fd", os.open(fifo, os.O_WRONLY)),
+                              daemon=True)
+    opener.start()
+    opener.join(timeout)
+    if opener.is_alive():
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))    # let our opener go
+        pytest.fail(f"nobody opened {fifo} within {timeout} s")
+    return box["fd"]
+
+
+def _without_timings(doc: dict) -> dict:
+    """sweep.json less what depends on the clock or the work dir's name."""
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in (*TIMINGS, "work_dir")}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    out = strip(doc)
+    out["sweep"].pop("command")
+    return out
+
+
+def test_a_killed_sweep_resumes_to_the_same_sweep_json(tiny, doubles_env, tmp_path):
+    # the list: 3 videos, a gate (a FIFO: its reader waits for the test), 2 more; --limit keeps
+    # that order. Variant 1 passes the gate when released; variant 2 waits there and is killed.
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    good = [line for line in tiny["list"].read_text().splitlines() if line.strip()]
+    for top in {Path(line.split()[0]).parts[0] for line in good}:
+        (folder / top).symlink_to(tiny["videos"] / top, target_is_directory=True)
+    first, label = good[0].split()
+    gate = Gate(folder / "gate.mp4", tiny["videos"] / first)
+    ann = tmp_path / "gated.txt"
+    ann.write_text("\n".join(good[:3] + [f"gate.mp4 {label}"] + good[3:5]) + "\n")
+
+    def argv(work: Path) -> list[str]:
+        args = sweep_args(tiny, work, "--npus", "1", "--no-ray", "--limit", "6", "--flush-every",
+                          "1", "--vary", "precision_mode=force_fp16,must_keep_origin_dtype", ann=ann)
+        args[args.index("--data-prefix") + 1] = str(folder)
+        return args
+
+    work = tmp_path / "killed"
+    log = open(tmp_path / "killed.log", "w")
+    sweep = subprocess.Popen([sys.executable, "-m", "harness.sweep", *argv(work)], cwd=REPO,
+                             env={**os.environ, **tiny["env"], "PYTHONPATH": worker_pythonpath()},
+                             stdout=log, stderr=subprocess.STDOUT)
+    try:
+        gate.release(timeout=300)            # variant 1 reads the gate and finishes
+        fd = _wait_for_reader(gate.path)     # variant 2 is at the gate: 3 videos recorded
+        first_summary = work / "precision_mode-force_fp16" / "summary.json"
+        assert first_summary.is_file()
+        kept_at = first_summary.stat().st_mtime_ns
+        sweep.send_signal(signal.SIGKILL)
+        sweep.wait(60)
+        os.close(fd)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+            sweep.wait(60)
+        log.close()
+    partial = json.loads((work / "sweep.json").read_text())
+    assert [v["status"] for v in partial["variants"]] == ["measured", "pending"]
+    gate.replace()
+
+    (code, out), err = _capture(lambda: main(argv(work)))
+    assert code == 0, err
+    assert "variant precision_mode=force_fp16: kept (finished earlier)" in err
+    assert "variant precision_mode=must_keep_origin_dtype: measured" in err
+    assert first_summary.stat().st_mtime_ns == kept_at                   # not run again
+    second = json.loads((work / "precision_mode-must_keep_origin_dtype" / "summary.json").read_text())
+    assert (second["videos_total"], second["videos_this_run"]) == (6, 3)  # resumed at the gate
+
+    (code, _), err = _capture(lambda: main(argv(tmp_path / "whole")))     # never interrupted
+    assert code == 0, err
+    resumed = json.loads((work / "sweep.json").read_text())
+    whole = json.loads((tmp_path / "whole" / "sweep.json").read_text())
+    assert resumed["sweep"]["complete"] and _without_timings(resumed) == _without_timings(whole)

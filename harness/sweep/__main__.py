@@ -1,3 +1,5 @@
+"""``python -m harness.sweep`` (harness.sweep.cli)."""
+
 import sys
 
 from harness.sweep.cli import main

@@ -143,7 +143,8 @@ def make_plan(args: argparse.Namespace, command: str) -> Plan:
 # ------------------------------------------------------------------ terminal output
 
 def _num(value: float | None, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
+    """``value`` in ``fmt`` (e.g. '9.3f'); a dash as wide when there is none."""
+    return format("-", ">" + fmt.split(".")[0]) if value is None else format(value, fmt)
 
 
 def format_table(results: list[VariantResult]) -> str:

@@ -71,6 +71,7 @@ class VariantResult:
     top5: float | None = None
     top5_ci95: list | None = None
     audited: int = 0
+    audit_reference: str | None = None       # what the fp32 reference is (harness.audit)
     top1_agreement: float | None = None
     top1_agreement_ci95: list | None = None
     max_abs_prob_diff: float | None = None
@@ -95,6 +96,7 @@ def from_run(result: VariantResult, summary: dict, thresholds: Thresholds) -> Va
     result.top1_ci95 = _list(ci.get("top1"))
     result.top5_ci95 = _list(ci.get("top5"))
     result.audited = audit.get("videos_audited", 0)
+    result.audit_reference = audit.get("reference") or audit.get("skipped")
     result.top1_agreement = audit.get("top1_agreement")
     result.top1_agreement_ci95 = _list(audit.get("top1_agreement_ci95"))
     result.max_abs_prob_diff = audit.get("max_abs_prob_diff")
