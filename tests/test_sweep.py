@@ -34,7 +34,7 @@ MODES = {"force_fp16": {"fp16": True, "exec_ms": 150},
          "allow_mix_precision": {"bias": [0, 8.0], "exec_ms": 0},
          "must_keep_origin_dtype": {"exec_ms": 450}}
 VARY = "precision_mode=force_fp16,allow_mix_precision,must_keep_origin_dtype"
-KNOWN = ("input_dtype, batch, views_per_call, opset, onnx_precision, soc_version, precision_mode,"
+KNOWN = ("input_dtype, batch, views_per_call, opset, onnx_precision, precision_mode,"
          " precision_mode_v2, op_precision_mode, op_select_implmode, keep_dtype, modify_mixlist,"
          " precision, torch_compile, uint8_input")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -253,6 +253,9 @@ def test_sweep_html_renders_in_headless_chromium(three_modes, tmp_path):
      " modify_mixlist\n"),
     (["--npus", "1", "--precision-mode", "force_fp16", "--vary", "precision_mode=force_fp32"],
      "error: precision_mode is both given as --precision-mode and varied: drop one of them\n"),
+    (["--npus", "1", "--vary", "soc_version=Ascend310P3,Ascend910B"],
+     "error: soc_version names the chips' type, not a choice to compare (an .om runs only on its"
+     " chip type): give it once as --soc-version\n"),
     (["--npus", "1", "--vary", "batch=1,zero"],
      "error: batch='zero': 'zero' is not an integer\n"),
 ])

@@ -22,7 +22,7 @@ from harness.sweep.measure import ALPHA, Thresholds, VariantResult, ranked
 DEFAULT_SUBSET = 200
 # harness.run options that say how the sweep measures, not what the recommended run is
 SWEEP_SHAPED = {"work_dir", "subset", "limit", "seed", "audit", "bench_loops", "no_progress",
-                "overwrite", "help"}
+                "overwrite", "help", "verbose", "quiet"}
 _DESCRIPTION = ("Which build options are fastest without losing accuracy: each variant built"
                 " (cached), benchmarked and evaluated on the same videos with an fp32 audit;"
                 " the fastest that passes is recommended (docs/build.md, \"Choosing build options\").")

@@ -27,7 +27,8 @@ from harness.errors import ConfigError
 
 TORCH_KEYS = ("precision", "torch_compile", "uint8_input")
 BUILD_KEYS = tuple(dest for dest, _ in cli.BUILD_FLAGS.values())
-KNOWN_KEYS = BUILD_KEYS + TORCH_KEYS
+# soc_version names the chips' type (an .om runs only on its own): not a choice to compare
+KNOWN_KEYS = tuple(k for k in BUILD_KEYS if k != "soc_version") + TORCH_KEYS
 ATC_KEYS = ("precision_mode", "precision_mode_v2", "op_precision_mode", "op_select_implmode",
             "keep_dtype", "modify_mixlist")
 # What each backend's session depends on. The .om is compiled from the fp32 ONNX (so
@@ -69,6 +70,9 @@ def _actions() -> dict[str, argparse.Action]:
 
 def coerce(key: str, text: Any) -> Any:
     """``text`` as the flag of ``key`` would read it; a ConfigError names the fix."""
+    if key == "soc_version":
+        raise ConfigError("soc_version names the chips' type, not a choice to compare (an .om"
+                          " runs only on its chip type): give it once as --soc-version")
     if key not in KNOWN_KEYS:
         raise ConfigError(f"{key!r} is not an option a sweep can vary; the known keys are:"
                           f" {', '.join(KNOWN_KEYS)}")
@@ -169,9 +173,6 @@ def check_variants(variants: list[Variant], backend: str, fixed: dict[str, Any])
     allowed = BACKEND_KEYS[backend]
     keys = list(dict.fromkeys(k for v in variants for k in v.options))
     for key in keys:
-        if key == "soc_version":
-            raise ConfigError("soc_version names the chips' type, not a choice to compare (an .om"
-                              " runs only on its chip type): give it once as --soc-version")
         if key not in allowed:
             where = ("an ATC option, only the om backend (--npus) uses it" if key in ATC_KEYS
                      else "a torch option, only --backend torch uses it" if key in TORCH_KEYS
