@@ -414,3 +414,22 @@ def test_a_killed_sweep_resumes_to_the_same_sweep_json(tiny, doubles_env, tmp_pa
     resumed = json.loads((work / "sweep.json").read_text())
     whole = json.loads((tmp_path / "whole" / "sweep.json").read_text())
     assert resumed["sweep"]["complete"] and _without_timings(resumed) == _without_timings(whole)
+
+
+def test_a_variant_that_does_not_build_says_why_and_the_others_go_on(tiny, doubles_env, tmp_path):
+    # an ATC that refuses one mode (as a real ATC may refuse an option on a chip), else the double
+    atc = tmp_path / "atc"
+    atc.write_text(f"#!/bin/sh\ncase \"$*\" in *precision_mode=force_fp32*)\n"
+                   f"  echo 'E10001: force_fp32 refused (test)' >&2; exit 1;;\nesac\n"
+                   f"exec {sys.executable} {tiny['root'] / 'bin' / 'atc'} \"$@\"\n")
+    atc.chmod(0o755)
+    (code, out), err = _capture(lambda: main(sweep_args(
+        tiny, tmp_path / "w", "--npus", "1", "--no-ray", "--atc", str(atc),
+        "--vary", "precision_mode=force_fp32,force_fp16")))
+    assert code == 0, err
+    why = next(line.strip() for line in out.splitlines() if "why: build failed: " in line)
+    assert why.startswith("why: build failed: ATC failed at opset 17 and again at the guide's opset 11")
+    assert "variant precision_mode=force_fp32: build failed" in err
+    assert "recommended: precision_mode=force_fp16 (" in out
+    failed = json.loads((tmp_path / "w" / "sweep.json").read_text())["variants"][0]
+    assert (failed["status"], failed["passed"], failed["videos_per_s"]) == ("build failed", False, None)
