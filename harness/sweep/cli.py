@@ -124,9 +124,8 @@ def make_plan(args: argparse.Namespace, command: str) -> Plan:
     hvariants.check_variants(variants, backend, fixed)
     cfg = load_config(args.config, args.cfg_options)
     work = Path(args.work_dir or Path("work_dirs") / f"{config_name(cfg)}-sweep")
-    plan = Plan(args, variants, backend, work, Thresholds(0, 0), command, base_command(args))
     for variant in variants:     # the config's checks of each combination (ATC's rules)
-        v = variant_args(plan, variant)
+        v = variant_args(args, work, variant)
         try:
             options = harness_options(cfg, torch={"precision": v.precision,
                                                   "compile": v.torch_compile or None,

@@ -44,12 +44,12 @@ class Plan:
     base_command: list[str]      # harness.run's arguments every variant shares
 
 
-def variant_args(plan: Plan, variant: Variant) -> argparse.Namespace:
+def variant_args(base: argparse.Namespace, work: Path, variant: Variant) -> argparse.Namespace:
     """harness.run's options for ``variant``: the base ones, its options, its folder."""
-    args = copy.copy(plan.args)
+    args = copy.copy(base)
     for key, value in variant.options.items():
         setattr(args, key, value)
-    args.work_dir = str(plan.work / variant.slug)
+    args.work_dir = str(work / variant.slug)
     return args
 
 
@@ -130,7 +130,7 @@ def run_sweep(plan: Plan, on_variant: Callable[[VariantResult, bool], None] | No
         for variant, result in zip(plan.variants, results):
             kept = False
             try:
-                summary, kept = run_variant(variant_args(plan, variant))
+                summary, kept = run_variant(variant_args(plan.args, plan.work, variant))
             except BuildError as exc:      # this variant's options do not build: the others may
                 result.status, result.error = "build failed", str(exc).splitlines()[0]
             except RunStopped as exc:

@@ -20,7 +20,7 @@ device's and the fp32 reference's logits of each audited video, from the same de
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +103,7 @@ def from_run(result: VariantResult, summary: dict, thresholds: Thresholds) -> Va
     result.artifact_hash = (summary.get("artifact") or {}).get("hash")
     result.simulated = bool(summary.get("simulated_devices"))
     reference = against_reference(Path(result.work_dir), audit)
-    result.reference = reference.__dict__ if reference else None
+    result.reference = asdict(reference) if reference else None
     result.why_failed = reasons(result, audit, reference, thresholds)
     result.passed = not result.why_failed
     return result

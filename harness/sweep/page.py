@@ -12,7 +12,7 @@ import html
 from pathlib import Path
 from typing import Any
 
-from harness.sweep.measure import ranked, VariantResult
+from harness.sweep.measure import VariantResult, ranked
 
 W, H, PAD = 640, 360, 56          # the plot, px; PAD: room for the axes' labels
 
