@@ -359,9 +359,9 @@ def _without_timings(doc: dict) -> dict:
     return out
 
 
-def test_a_killed_sweep_resumes_to_the_same_sweep_json(tiny, doubles_env, tmp_path):
-    # the list: 3 videos, a gate (a FIFO: its reader waits for the test), 2 more; --limit keeps
-    # that order. Variant 1 passes the gate when released; variant 2 waits there and is killed.
+def _gated(tiny, tmp_path: Path):
+    """(list, data prefix, gate): 3 videos, a gate (a FIFO: its reader waits for the test), 2
+    more; the sweep's --limit 6 keeps that order."""
     folder = tmp_path / "videos"
     folder.mkdir()
     good = [line for line in tiny["list"].read_text().splitlines() if line.strip()]
@@ -371,6 +371,19 @@ def test_a_killed_sweep_resumes_to_the_same_sweep_json(tiny, doubles_env, tmp_pa
     gate = Gate(folder / "gate.mp4", tiny["videos"] / first)
     ann = tmp_path / "gated.txt"
     ann.write_text("\n".join(good[:3] + [f"gate.mp4 {label}"] + good[3:5]) + "\n")
+    return ann, folder, gate
+
+
+def _start(tiny, argv: list[str], log: Path) -> subprocess.Popen:
+    with open(log, "w") as out:     # (the child keeps its own copy of the handle)
+        return subprocess.Popen([sys.executable, "-m", "harness.sweep", *argv], cwd=REPO,
+                                env={**os.environ, **tiny["env"], "PYTHONPATH": worker_pythonpath()},
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+def test_a_killed_sweep_resumes_to_the_same_sweep_json(tiny, doubles_env, tmp_path):
+    # Variant 1 passes the gate when released; variant 2 waits there and is killed.
+    ann, folder, gate = _gated(tiny, tmp_path)
 
     def argv(work: Path) -> list[str]:
         args = sweep_args(tiny, work, "--npus", "1", "--no-ray", "--limit", "6", "--flush-every",
@@ -379,10 +392,7 @@ def test_a_killed_sweep_resumes_to_the_same_sweep_json(tiny, doubles_env, tmp_pa
         return args
 
     work = tmp_path / "killed"
-    log = open(tmp_path / "killed.log", "w")
-    sweep = subprocess.Popen([sys.executable, "-m", "harness.sweep", *argv(work)], cwd=REPO,
-                             env={**os.environ, **tiny["env"], "PYTHONPATH": worker_pythonpath()},
-                             stdout=log, stderr=subprocess.STDOUT)
+    sweep = _start(tiny, argv(work), tmp_path / "killed.log")
     try:
         gate.release(timeout=300)            # variant 1 reads the gate and finishes
         fd = _wait_for_reader(gate.path)     # variant 2 is at the gate: 3 videos recorded
@@ -396,7 +406,6 @@ def test_a_killed_sweep_resumes_to_the_same_sweep_json(tiny, doubles_env, tmp_pa
         if sweep.poll() is None:
             sweep.kill()
             sweep.wait(60)
-        log.close()
     partial = json.loads((work / "sweep.json").read_text())
     assert [v["status"] for v in partial["variants"]] == ["measured", "pending"]
     gate.replace()
@@ -433,3 +442,37 @@ def test_a_variant_that_does_not_build_says_why_and_the_others_go_on(tiny, doubl
     assert "recommended: precision_mode=force_fp16 (" in out
     failed = json.loads((tmp_path / "w" / "sweep.json").read_text())["variants"][0]
     assert (failed["status"], failed["passed"], failed["videos_per_s"]) == ("build failed", False, None)
+
+
+def test_ctrl_c_finishes_the_video_in_flight_and_says_how_to_resume(tiny, doubles_env, tmp_path):
+    ann, folder, gate = _gated(tiny, tmp_path)
+    argv = sweep_args(tiny, tmp_path / "w", "--npus", "1", "--no-ray", "--limit", "6", "--vary",
+                      "precision_mode=force_fp16,must_keep_origin_dtype", ann=ann)
+    argv[argv.index("--data-prefix") + 1] = str(folder)
+    log = tmp_path / "sweep.log"
+    sweep = _start(tiny, argv, log)
+    try:
+        fd = _wait_for_reader(gate.path)         # variant 1 is reading the gate
+        sweep.send_signal(signal.SIGINT)
+        deadline = 300.0
+        while "interrupted: starting no new video" not in log.read_text():   # the handler ran
+            assert sweep.poll() is None and deadline > 0, log.read_text()
+            deadline -= 0.1
+            threading.Event().wait(0.1)
+        os.write(fd, gate.video.read_bytes())     # the video in flight decodes and is recorded
+        os.close(fd)
+        code = sweep.wait(300)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+            sweep.wait(60)
+    out = log.read_text()
+    assert code == 130, out
+    rows = {line.split()[0]: line.split()[-1] for line in out.splitlines()
+            if line.startswith("precision_mode=")}
+    assert rows == {"precision_mode=force_fp16": "interrupted",
+                    "precision_mode=must_keep_origin_dtype": "pending"}
+    assert "why: interrupted: resume the sweep to finish it" in out
+    assert f"interrupted: resume with: python -m harness.sweep {shlex.join(argv)}" in out
+    summary = json.loads((tmp_path / "w" / "precision_mode-force_fp16" / "summary.json").read_text())
+    assert (summary["interrupted"], summary["videos_total"]) == (True, 4)   # 3, then the gate

@@ -17,7 +17,7 @@ from harness import cli
 from harness.errors import ConfigError, HarnessError
 from harness.sweep import variants as hvariants
 from harness.sweep.driver import AUDIT_ALL, SWEEP_FILE, Plan, run_sweep, variant_args
-from harness.sweep.measure import ALPHA, Thresholds, VariantResult, ranked
+from harness.sweep.measure import ALPHA, Thresholds, VariantResult, ranked, verdict
 
 DEFAULT_SUBSET = 200
 # harness.run options that say how the sweep measures, not what the recommended run is
@@ -153,11 +153,10 @@ def format_table(results: list[VariantResult]) -> str:
              f" {'agree':>7} {'max|Δp|':>9} {'McNemar p':>9}  verdict"]
     for r in ranked(results):
         ref = r.reference or {}
-        verdict = "pass" if r.passed else "FAIL"
         lines.append(f"{r.name:<{width}} {_num(r.videos_per_s, '9.3f')} {_num(r.ais_bench_videos_per_s, '9.3f')}"
                      f" {_num(r.end_to_end_videos_per_s, '7.2f')} {_num(r.top1, '7.3f')}"
                      f" {_num(r.top1_agreement, '7.3f')} {_num(r.max_abs_prob_diff, '9.2g')}"
-                     f" {_num(ref.get('p_value'), '9.2g')}  {verdict}")
+                     f" {_num(ref.get('p_value'), '9.2g')}  {verdict(r)}")
         lines += [f"{'':<{width + 2}}why: {why}" for why in r.why_failed]
     return "\n".join(lines)
 

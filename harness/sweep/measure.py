@@ -163,6 +163,13 @@ def reasons(result: VariantResult, audit: dict, reference: Reference | None,
     return out
 
 
+def verdict(result: VariantResult) -> str:
+    """One word for the table: pass, FAIL, or where an unfinished variant stands."""
+    if result.status in ("pending", "interrupted"):
+        return result.status
+    return "pass" if result.passed else "FAIL"
+
+
 def mark_pareto(results: list[VariantResult]) -> None:
     """``pareto``: no other variant is at least as fast and as agreeing, and better in one."""
     measured = [r for r in results if r.videos_per_s is not None and r.top1_agreement is not None]

@@ -12,7 +12,7 @@ import html
 from pathlib import Path
 from typing import Any
 
-from harness.sweep.measure import VariantResult, ranked
+from harness.sweep.measure import VariantResult, ranked, verdict
 
 W, H, PAD = 640, 360, 56          # the plot, px; PAD: room for the axes' labels
 
@@ -35,15 +35,17 @@ def _rows(variants: list[dict]) -> str:
     for v in ranked([VariantResult(**v) for v in variants]):
         ref = v.reference or {}
         ci = f" <span class=ci>[{v.top1_ci95[0]:.3f}, {v.top1_ci95[1]:.3f}]</span>" if v.top1_ci95 else ""
-        verdict = ('<td class=ok>pass</td>' if v.passed else
-                   f'<td class=warn>FAIL: {"; ".join(_esc(w) for w in v.why_failed)}</td>')
+        word = verdict(v)
+        why = "; ".join(_esc(w) for w in v.why_failed)     # (an interrupted one's says so)
+        cell = ('<td class=ok>pass</td>' if word == "pass" else f"<td>{word}</td>" if word == "pending"
+                else f"<td class=warn>FAIL: {why}</td>" if word == "FAIL" else f"<td class=warn>{why}</td>")
         out.append(
             f"<tr><td>{number[v.name]}</td><td>{_esc(v.name)}{' &#9733;' if v.pareto else ''}</td>"
             f"<td>{_n(v.videos_per_s, '.3f')}</td><td>{_n(v.ais_bench_videos_per_s, '.3f')}</td>"
             f"<td>{_n(v.end_to_end_videos_per_s, '.3f')}</td><td>{_n(v.top1, '.3f')}{ci}</td>"
             f"<td>{_n(v.top5, '.3f')}</td><td>{_n(v.top1_agreement, '.3f')}</td>"
             f"<td>{_n(v.max_abs_prob_diff, '.3g')}</td><td>{_n(ref.get('p_value'), '.3g')}</td>"
-            f"{verdict}<td><a href=\"{_esc(v.slug)}/report.html\">report</a></td></tr>")
+            f"{cell}<td><a href=\"{_esc(v.slug)}/report.html\">report</a></td></tr>")
     return "\n".join(out)
 
 
