@@ -101,7 +101,8 @@ def render(document: dict) -> str:
                   f" passes ({best['videos_per_s']:.3f} videos/s on the devices, top-1 agreement"
                   f" {best['top1_agreement']:.3f}).</p><pre>{_esc(best['command'])}</pre>")
     else:
-        answer = "<p class=warn>No variant passes the thresholds (see why in the table).</p>"
+        answer = ("<p class=warn>No variant passes the thresholds"
+                  f"{'' if sweep['complete'] else ' yet'} (see why in the table).</p>")
     if not sweep["complete"]:
         answer += "<p class=warn>The sweep is not finished: resume it with the same command.</p>"
     simulated = ("<p class=warn>SIMULATED DEVICES (tests/doubles): these speeds and accuracies"
