@@ -46,6 +46,16 @@ Perturbations for the precision audit's tests: ``FAKE_ACL_PERTURB`` names a JSON
 a session opens (absent or ``{}``: none), with ``"fp16": true`` (an fp16 chip: the weights,
 float inputs and outputs go through float16) and/or ``"bias": [class, amount]`` (that class's
 logit raised by amount: a model that is not the one the user thinks).
+
+Behaviour per ATC precision mode, for the build-option sweep's tests (``harness.sweep``): a TEST
+KNOB, not what an NPU does. ``FAKE_ACL_MODES`` names a JSON file, read when a session opens,
+mapping the precision mode the .om's header records (the ATC double writes ``precision_mode``,
+or ``precision_mode_v2``; ``"default"`` for an .om built with neither) to the same keys as
+``FAKE_ACL_PERTURB`` plus ``"exec_ms"`` (that mode's held execute time, instead of
+``FAKE_ACL_EXEC_MS``), e.g. ``{"force_fp16": {"fp16": true, "exec_ms": 10},
+"allow_mix_precision": {"bias": [0, 8.0], "exec_ms": 2}, "must_keep_origin_dtype":
+{"exec_ms": 40}}``: one mode rounds through float16, one is faster but biased toward class 0,
+one is exact but slower. A mode the file does not name behaves as without it.
 """
 
 from __future__ import annotations
@@ -167,12 +177,18 @@ def _read_fake_om(path: str) -> tuple[dict, bytes]:
     return header, data
 
 
-def _perturbation() -> dict:
-    path = os.environ.get("FAKE_ACL_PERTURB")
+def _json_file(variable: str) -> dict:
+    path = os.environ.get(variable)
     if not path or not os.path.isfile(path):
         return {}
     with open(path) as fh:
         return json.load(fh)
+
+
+def _perturbation(header: dict) -> dict:
+    """FAKE_ACL_PERTURB, with FAKE_ACL_MODES's entry for the .om's precision mode over it."""
+    mode = header.get("precision_mode") or header.get("precision_mode_v2") or "default"
+    return {**_json_file("FAKE_ACL_PERTURB"), **_json_file("FAKE_ACL_MODES").get(mode, {})}
 
 
 def _weights_through_fp16(onnx_bytes: bytes) -> bytes:
@@ -226,7 +242,7 @@ class InferenceSession:
         so = ort.SessionOptions()
         so.intra_op_num_threads = 1
         so.inter_op_num_threads = 1
-        self._perturb = _perturbation()
+        self._perturb = _perturbation(header)
         if self._perturb.get("fp16"):
             onnx_bytes = _weights_through_fp16(onnx_bytes)
         self._session = ort.InferenceSession(onnx_bytes, sess_options=so,
@@ -294,7 +310,7 @@ class InferenceSession:
         time.sleep(float(os.environ.get("FAKE_ACL_DELAY_S", "0")))
         start = time.perf_counter() * 1000.0
         outputs = self._session.run(list(output_names), feeds)
-        _hold_the_gil(float(os.environ.get("FAKE_ACL_EXEC_MS", "2")))
+        _hold_the_gil(float(self._perturb.get("exec_ms", os.environ.get("FAKE_ACL_EXEC_MS", "2"))))
         self._times.append((start, time.perf_counter() * 1000.0))
         result = []
         for array in outputs:
