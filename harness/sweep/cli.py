@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = run._parser()
     p.prog, p.description = "python -m harness.sweep", _DESCRIPTION
+    p.usage = ("python -m harness.sweep CONFIG CHECKPOINT (--npus N | --gpus N | --cpus N)\n"
+               "       (--vary KEY=V1,V2 ... | --variants FILE) [options]")
     p.epilog = (f"keys: {', '.join(hvariants.KNOWN_KEYS)} (a flag's words: --precision-mode is"
                 " precision_mode). Outputs in the work dir: sweep.json, sweep.html, one run"
                 " folder per variant")
@@ -58,6 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line, checked: a refusal is argparse's one-line error and exit 2."""
     p = _parser()
     args = p.parse_args(argv)
+    cli.merge_positional_model(p, args)     # CONFIG CHECKPOINT, as harness.run takes them
     for given, flag in ((args.demo, "--demo"), (args.om, "--om"), (args.onnx, "--onnx"),
                         (args.bench_only, "--bench-only")):
         if given:
@@ -162,6 +165,9 @@ def format_table(results: list[VariantResult]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from harness.cluster import RayLost
+    from harness.run import Interrupts
+
     args = parse_args(argv)
     cli.setup_logging(args)
     command = "python -m harness.sweep " + shlex.join(sys.argv[1:] if argv is None else argv)
@@ -173,9 +179,12 @@ def main(argv: list[str] | None = None) -> int:
             how = "kept (finished earlier)" if kept else result.status
             print(f"variant {result.name}: {how}", file=sys.stderr)
 
-        outcome = run_sweep(plan, said)
+        with Interrupts():   # Ctrl-C and SIGTERM act while building and connecting too
+            outcome = run_sweep(plan, said)
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if isinstance(exc, RayLost) or getattr(exc, "lost", False):
+            print(f"finished variants are kept; resume with: {command}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"stopped. Finished variants are kept; resume with: {command}", file=sys.stderr)

@@ -92,7 +92,7 @@ def run_variant(args: argparse.Namespace) -> tuple[dict, bool]:
     finally:
         job.lock.close()
     if outcome.stopped:
-        raise run.RunStopped(outcome.stopped)
+        raise run.RunStopped(outcome.stopped, lost=outcome.lost)
     return summary, False
 
 
@@ -134,6 +134,8 @@ def run_sweep(plan: Plan, on_variant: Callable[[VariantResult, bool], None] | No
             except BuildError as exc:      # this variant's options do not build: the others may
                 result.status, result.error = "build failed", str(exc).splitlines()[0]
             except RunStopped as exc:
+                if exc.lost:           # no later variant could run either: the sweep stops
+                    raise
                 result.status, result.error = "stopped", str(exc).splitlines()[0]
             else:
                 result.status = "measured"
