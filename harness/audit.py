@@ -115,12 +115,15 @@ class Auditor:
     """Collects the two answers of each audited video and writes each pair once complete.
 
     ``device(result)`` takes a ``VideoResult`` (with ``logits`` for audited videos);
-    ``reference(index, out, error)`` the reference actor's answer or why there is none.
+    ``reference(index, out, error)`` the reference actor's answer or why there is none, which
+    also goes to ``cache`` (harness.reference_cache); :meth:`from_cache` takes the answers the
+    cache already has, before the run (those videos are not sent to the reference).
     """
 
-    def __init__(self, work_dir: str | Path, entries: Sequence) -> None:
+    def __init__(self, work_dir: str | Path, entries: Sequence, cache=None) -> None:
         self.directory = Path(work_dir) / AUDIT_DIR
         self.entries = {e.index: e for e in entries}
+        self.cache = cache
         self.device_logits: dict[int, tuple[np.ndarray, str]] = {}
         self.reference_logits: dict[int, np.ndarray] = {}
         self.incomplete: dict[int, str] = {}       # index -> why it has no pair (this run)
@@ -140,7 +143,18 @@ class Auditor:
             log.warning("audit: video %d: the reference did not score it: %s", index, error)
             return
         self.reference_logits[index] = np.asarray(out["logits"], np.float32)
+        if self.cache is not None:
+            self.cache.add(self.entries[index], self.reference_logits[index])
         self._pair(index)
+
+    def from_cache(self, indices: Sequence[int]) -> set[int]:
+        """Take the cache's answers for ``indices``; returns those it had."""
+        if self.cache is None:
+            return set()
+        found = self.cache.lookup([self.entries[i] for i in indices if i in self.entries])
+        for index, cached in found.items():
+            self.reference_logits[index] = cached.logits
+        return set(found)
 
     def _pair(self, index: int) -> None:
         if index not in self.device_logits or index not in self.reference_logits:

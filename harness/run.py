@@ -241,6 +241,8 @@ class Settings:
     resources: dict | None = None
     max_retries: int = 2
     label_map: str | None = None      # --label-map, else the config's harness.label_map
+    # harness.sweep's: the audit's reference answers kept across its variants (reference_cache)
+    reference_cache: Path | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, label_map: str | None) -> "Settings":
@@ -616,8 +618,18 @@ def evaluate(job: Job, runner, on_result: Callable[[VideoResult], None] | None =
                              scored_before=bool(results.ok_indices(job.work)))  # (its advice)
     progress = Progress(0, 0, enabled=False)   # the real bar starts once the devices are ready
     processed = 0
-    auditor = Auditor(job.work, job.audited) if job.audited and not s.bench_only else None
+    auditor = (Auditor(job.work, job.audited, reference_cache(job))
+               if job.audited and not s.bench_only else None)
     audit = AuditOutcome(job.audited, job.reference_what, auditor.incomplete if auditor else {})
+    # audited videos whose reference answer an earlier run kept: the reference skips them, and
+    # is not started when it would have nothing to do
+    todo = {e.index for e in job.todo}
+    to_pair = [e.index for e in job.audited if e.index in todo]
+    cached = auditor.from_cache(to_pair) if auditor is not None else set()
+    if cached:
+        log.info("audit: %d of %d video(s) have their reference answer cached", len(cached),
+                 len(to_pair))
+    need_reference = auditor is not None and not set(to_pair) <= cached
     stats, stopped, sessions, wall, bench = RunStats(), None, [], 0.0, None
     lost = False
 
@@ -639,7 +651,7 @@ def evaluate(job: Job, runner, on_result: Callable[[VideoResult], None] | None =
     try:
         with interrupts:
             sessions = runner.start(Deployment(job.spec, job.plan, job.decoder, s.decoders,
-                                               job.reference if auditor else None,
+                                               job.reference if need_reference else None,
                                                decoder_calls(job.data_prefix), job.models))
             if simulated_note(sessions):
                 log.warning("%s", simulated_note(sessions))
@@ -651,7 +663,8 @@ def evaluate(job: Job, runner, on_result: Callable[[VideoResult], None] | None =
             progress = Progress(len(job.entries), len(job.entries) - len(job.todo),
                                 enabled=s.progress)
             start = time.perf_counter()
-            on_side = ({e.index for e in audit.audited}, auditor.reference) if auditor else None
+            on_side = (({e.index for e in audit.audited}, auditor.reference, cached)
+                       if auditor else None)
             try:
                 if not s.bench_only:
                     with interrupts.in_flight(runner):
@@ -673,6 +686,17 @@ def evaluate(job: Job, runner, on_result: Callable[[VideoResult], None] | None =
         runner.close()
     return Outcome(stats, sessions, wall, processed, bench, audit,
                    interrupted=bool(interrupts.count), stopped=stopped, lost=lost)
+
+
+def reference_cache(job: Job):
+    """The sweep's cache of reference answers for this job's reference, or None."""
+    if job.settings.reference_cache is None or job.reference is None:
+        return None
+    from harness.config import evaluation_digest
+    from harness.reference_cache import ReferenceCache
+
+    return ReferenceCache.for_reference(job.settings.reference_cache, job.reference,
+                                        evaluation_digest(job.cfg))
 
 
 def _ray_errors() -> tuple[type, ...]:

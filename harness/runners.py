@@ -12,8 +12,11 @@ The local runner is deliberately the simplest possible loop (one video at a time
 turn, no timeouts): it is the oracle the distributed runs are compared against in the tests.
 
 The precision audit: ``reference`` (a ModelSpec) is loaded on a CPU next to the devices, and
-``audit = (indices, on_reference)`` has those videos scored by it too, from the same decoded
-views; ``on_reference(index, out, error)`` gets its answers (harness.audit.Auditor).
+``audit = (indices, on_reference, cached)`` has those videos scored by it too, from the same
+decoded views; ``on_reference(index, out, error)`` gets its answers (harness.audit.Auditor).
+The device returns per-view logits for all of ``indices``; those in ``cached`` (answers an
+earlier run kept, harness.reference_cache) are not sent to the reference, which the runner
+need not have started when every one is.
 """
 
 from __future__ import annotations
@@ -75,6 +78,14 @@ class Runner(Protocol):
     def close(self) -> None: ...
 
 
+def _audit_parts(audit) -> tuple[frozenset, Callable | None, frozenset]:
+    """``(indices, on_reference[, cached])`` as three, none when there is no audit."""
+    if not audit:
+        return frozenset(), None, frozenset()
+    indices, on_reference, *rest = audit
+    return frozenset(indices), on_reference, frozenset(rest[0] if rest else ())
+
+
 class LocalRunner:
     """Every stage in this process, one video at a time (``--no-ray``)."""
 
@@ -101,7 +112,7 @@ class LocalRunner:
 
     def evaluate(self, entries: Iterable, record: Callable[[VideoResult], None],
                  tick: Callable[[], None] | None = None, audit=None) -> RunStats:
-        indices, on_reference = audit or (frozenset(), None)
+        indices, on_reference, cached = _audit_parts(audit)
         stats = self.stats = RunStats()
         for n, entry in enumerate(entries):
             if self.stopping:
@@ -119,7 +130,7 @@ class LocalRunner:
                 record(VideoResult.failed(entry, Reason.INFERENCE_FAILED,
                                           f"{entry.path}: {type(exc).__name__}: {exc}"))
                 continue
-            if audited:
+            if audited and entry.index not in cached:
                 try:
                     on_reference(entry.index, self.reference.infer(entry.index, views, True), None)
                 except Exception as exc:
@@ -218,7 +229,7 @@ class RayRunner:
         import ray
 
         from harness import cluster
-        from harness.scheduler import Audit, Policy, RayCalls, Scheduler
+        from harness.scheduler import Policy, RayCalls, Scheduler
 
         o = self.options
         store = ray.cluster_resources().get("object_store_memory")
@@ -235,8 +246,7 @@ class RayRunner:
                                                                      calls=self._decoder_calls)),
             videos_per_call=[min(d.get("videos_per_call", 1), cluster.MAX_CALLS_PER_ACTOR // 2)
                              for d in self._descriptions],
-            audit=(Audit(self.reference, frozenset(audit[0]), audit[1])
-                   if audit and self.reference is not None else None))
+            audit=self._audit(audit))
         def watched() -> None:
             if self.watch is not None:
                 self.watch.check()
@@ -251,6 +261,16 @@ class RayRunner:
             raise
         finally:
             self.decoders = list(self.scheduler.decoders.handles)   # replacements, growth
+
+    def _audit(self, audit):
+        """The scheduler's Audit: with the reference actor, or without one when every audited
+        video's reference answer is cached."""
+        from harness.scheduler import Audit
+
+        indices, on_reference, cached = _audit_parts(audit)
+        if not indices or (self.reference is None and not indices <= cached):
+            return None
+        return Audit(self.reference, indices, on_reference, cached)
 
     def stop(self) -> None:
         if self.scheduler is not None:

@@ -617,12 +617,13 @@ def test_rule_7_a_hung_call_is_caught_while_other_devices_keep_finishing():
 
 # ---------------------------------------------------------------- rule 12: the audit on the side
 
-def audited_run(reference: FakeWorker, n: int = 12, indices=(2, 7), stop_after=None,
-                dies_at=None, **kw):
-    """A run of ``n`` videos on two 1 s devices with ``indices`` audited by ``reference``."""
+def audited_run(reference: FakeWorker | None, n: int = 12, indices=(2, 7), stop_after=None,
+                dies_at=None, cached=(), **kw):
+    """A run of ``n`` videos on two 1 s devices with ``indices`` audited by ``reference``
+    (those in ``cached`` with the reference's answer known already)."""
     answers: dict = {}
     audit = Audit(reference, frozenset(indices),
-                  lambda i, out, err: answers.setdefault(i, []).append((out, err)))
+                  lambda i, out, err: answers.setdefault(i, []).append((out, err)), frozenset(cached))
     scheduler, calls = make([FakeWorker("d0", 0.2), FakeWorker("d1", 0.2)],
                             [FakeWorker("a0", 1.0, dies_at=dies_at), FakeWorker("a1", 1.0)],
                             audit=audit, **kw)
@@ -652,6 +653,18 @@ def test_rule_12_audited_videos_go_to_the_reference_once_with_the_same_clip():
         assert ref_views == dev_views and dev_logits and ref_logits     # one decode, logits both
         assert got[index][0].logits is not None
     assert not any(logits for _, index, _, logits in calls.sent if index not in (2, 7))
+
+
+def test_rule_12_cached_reference_answers_are_not_asked_again():
+    # 7's reference answer is known (harness.reference_cache): only 2 goes to the reference,
+    # and both device calls still return logits; all known: no reference actor at all
+    got, answers, calls, _ = audited_run(FakeWorker("ref", latency=3.0), cached=(7,))
+    one_each(got, 12)
+    assert sorted(answers) == [2] and [i for a, i, *_ in calls.sent if a == "ref"] == [2]
+    assert got[2][0].logits is not None and got[7][0].logits is not None
+    got, answers, calls, _ = audited_run(None, cached=(2, 7))
+    one_each(got, 12)
+    assert answers == {} and got[2][0].logits is not None and got[7][0].logits is not None
 
 
 def test_rule_12_a_video_decoded_again_after_a_death_is_audited_once():

@@ -476,3 +476,84 @@ def test_ctrl_c_finishes_the_video_in_flight_and_says_how_to_resume(tiny, double
     assert f"interrupted: resume with: python -m harness.sweep {shlex.join(argv)}" in out
     summary = json.loads((tmp_path / "w" / "precision_mode-force_fp16" / "summary.json").read_text())
     assert (summary["interrupted"], summary["videos_total"]) == (True, 4)   # 3, then the gate
+
+
+# ------------------------------------------------------------------ the reference, once a sweep
+
+def test_the_reference_scores_each_audited_video_once_a_sweep(tiny, doubles_env, tmp_path, monkeypatch):
+    """Three modes, one fp32 ONNX: the first variant's reference scores the 8 videos, the
+    other two read its answers (and start no reference); the audits equal a sweep without the
+    cache."""
+    from harness import runners, stages
+    from harness.sweep import driver
+
+    scored, started, per_variant = [], [], []
+    real_infer, real_actor, real_run = stages.InferenceActor.infer, runners.InferenceActor, driver.run_variant
+
+    def infer(self, index, views, with_logits=False):
+        if self.spec.backend == "onnxruntime":      # the reference (the devices run the .om)
+            scored.append(index)
+        return real_infer(self, index, views, with_logits)
+
+    def actor(spec, *args, **kwargs):
+        started.append(spec.backend)
+        return real_actor(spec, *args, **kwargs)
+
+    def run_variant(args, reference_cache=None):
+        before = len(scored)
+        try:
+            return real_run(args, reference_cache)
+        finally:
+            per_variant.append(len(scored) - before)
+
+    monkeypatch.setattr(stages.InferenceActor, "infer", infer)
+    monkeypatch.setattr(runners, "InferenceActor", actor)
+    monkeypatch.setattr(driver, "run_variant", run_variant)
+    (code, _), err = _capture(lambda: main(sweep_args(tiny, tmp_path / "cached", "--npus", "1",
+                                                      "--no-ray", "--vary", VARY)))
+    assert code == 0, err
+    assert per_variant == [8, 0, 0] and sorted(scored) == list(range(8))
+    assert started.count("onnxruntime") == 1           # the later variants start no reference
+    kept = list((tmp_path / "cached" / driver.REFERENCE_DIR).glob("*/part-*.parquet"))
+    assert len(kept) == 8
+
+    # the same sweep with no cache: each variant's reference scores every video again
+    scored.clear(), per_variant.clear()
+    monkeypatch.setattr(driver, "run_variant", lambda args, reference_cache=None: run_variant(args))
+    (code, _), err = _capture(lambda: main(sweep_args(tiny, tmp_path / "plain", "--npus", "1",
+                                                      "--no-ray", "--vary", VARY)))
+    assert code == 0, err
+    assert per_variant == [8, 8, 8] and not (tmp_path / "plain" / driver.REFERENCE_DIR).exists()
+    for mode in MODES:      # the same pairs: the same agreement, |Δprob|, everything
+        slug = f"precision_mode-{mode}"
+        cached, plain = (json.loads((tmp_path / w / slug / "summary.json").read_text())["audit"]
+                         for w in ("cached", "plain"))
+        assert cached["videos_audited"] == 8 and cached == plain
+    got = by_name(json.loads((tmp_path / "cached" / "sweep.json").read_text()))
+    assert got["must_keep_origin_dtype"]["max_abs_prob_diff"] == 0
+    assert got["must_keep_origin_dtype"]["top1_agreement"] == 1.0
+
+
+def test_the_reference_cache_is_keyed_by_the_reference_model_and_the_decoding(tmp_path):
+    from types import SimpleNamespace
+
+    from harness.data.filelist import VideoEntry
+    from harness.reference_cache import ReferenceCache
+
+    def spec(content: bytes) -> SimpleNamespace:
+        path = tmp_path / f"{len(list(tmp_path.glob('*.onnx')))}.onnx"
+        path.write_bytes(content)
+        return SimpleNamespace(backend="onnxruntime", path=str(path), views_per_video=2,
+                               norm=(0.5, 0.5), num_classes=3)
+
+    entry, logits = VideoEntry(4, "/v/a.mp4", 1), np.arange(6, dtype=np.float32).reshape(2, 3)
+    ReferenceCache.for_reference(tmp_path / "c", spec(b"fp32 graph"), "d1").add(entry, logits)
+
+    def lookup(content: bytes, digest: str, wanted=entry) -> dict:
+        return ReferenceCache.for_reference(tmp_path / "c", spec(content), digest).lookup([wanted])
+
+    hit = lookup(b"fp32 graph", "d1")            # the same bytes in another build's folder
+    assert list(hit) == [4] and np.array_equal(hit[4].logits, logits)
+    assert lookup(b"another graph", "d1") == {}  # another ONNX content
+    assert lookup(b"fp32 graph", "d2") == {}     # another decoding
+    assert lookup(b"fp32 graph", "d1", VideoEntry(4, "/v/b.mp4", 1)) == {}   # another video there

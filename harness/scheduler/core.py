@@ -37,11 +37,14 @@ class Entry:
 @dataclass(frozen=True)
 class Audit:
     """Rule 12: the videos ``indices`` are also scored by ``reference`` (a CPU actor in fp32);
-    ``record(index, out, error)`` gets each of its answers, or why there is none."""
+    ``record(index, out, error)`` gets each of its answers, or why there is none. Those in
+    ``cached`` already have the reference's answer (harness.reference_cache): their device
+    call still returns logits, but they are not sent to the reference (None when all are)."""
 
     reference: Any
     indices: frozenset
     record: Callable[[int, dict | None, str | None], None]
+    cached: frozenset = frozenset()
 
 
 @dataclass(frozen=True)
@@ -83,8 +86,8 @@ class Scheduler:
         self.actors = InferStage(self)
         for handle, per_call in zip(actors, self.videos_per_call):
             self.actors.members.add(handle, policy.depth * per_call, per_call)
-        self.reference = ReferenceStage(self) if audit else None
-        if audit:
+        self.reference = ReferenceStage(self) if audit and audit.reference is not None else None
+        if self.reference is not None:
             self.reference.members.add(audit.reference, 1 << 30, 1)
         self._stages: dict[str, StageState] = {s.kind: s for s in self._all_stages()}
         self.byte_cap = (max(1, policy.buffer_bytes // policy.clip_bytes)
@@ -217,7 +220,8 @@ class Scheduler:
 
     def send_to_reference(self, run: RunState, work: Work, views) -> None:
         index = work.entry.index
-        if self.audit is None or index not in self.audit.indices or index in run.audit_sent:
+        if (self.audit is None or index not in self.audit.indices or index in self.audit.cached
+                or index in run.audit_sent):
             return
         run.audit_sent.add(index)
         member = self.reference.members.all[0]

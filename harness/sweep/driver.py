@@ -6,6 +6,11 @@ predictions (``harness.compare`` works on any two) and resumes as any run does. 
 are harness.build's, cached by option hash: a second sweep rebuilds nothing. One Ray instance
 serves every variant (started here unless one is joined); decoded views never touch disk.
 
+The audit's fp32 reference scores each audited video once per sweep, not once per variant:
+its answers are kept in ``<sweep work dir>/reference/`` (harness.reference_cache, keyed by the
+reference model's content and the decoding), and a later variant with the same reference
+reads them instead of waiting for the CPU again.
+
 Resume: a variant whose run recorded every video and wrote a summary with its bench loops is
 kept as it is (its summary.json is read, nothing runs); a half-done one resumes like a run.
 """
@@ -29,6 +34,7 @@ log = logging.getLogger("harness.sweep")
 
 SWEEP_FILE = "sweep.json"
 AUDIT_ALL = 2 ** 31 - 1      # --audit for "every evaluated video" (audit_indices takes them all)
+REFERENCE_DIR = "reference"  # the reference answers every variant shares (harness.reference_cache)
 
 
 @dataclass(frozen=True)
@@ -76,12 +82,18 @@ def _complete(job) -> dict | None:
     return summary if whole and done else None
 
 
-def run_variant(args: argparse.Namespace) -> tuple[dict, bool]:
+def run_variant(args: argparse.Namespace,
+                reference_cache: Path | None = None) -> tuple[dict, bool]:
     """``(summary, kept)``: run one variant as harness.run does (prepare, evaluate, finish),
-    or keep its finished run. Raises what harness.run raises (BuildError, RunStopped, ...)."""
+    or keep its finished run; its audit reads and adds to ``reference_cache``. Raises what
+    harness.run raises (BuildError, RunStopped, ...)."""
+    import dataclasses
+
     from harness import run
 
     job = run.prepare(args)
+    job = dataclasses.replace(job, settings=dataclasses.replace(
+        job.settings, reference_cache=reference_cache))
     try:
         kept = _complete(job)
         if kept is not None:
@@ -130,7 +142,8 @@ def run_sweep(plan: Plan, on_variant: Callable[[VariantResult, bool], None] | No
         for variant, result in zip(plan.variants, results):
             kept = False
             try:
-                summary, kept = run_variant(variant_args(plan.args, plan.work, variant))
+                summary, kept = run_variant(variant_args(plan.args, plan.work, variant),
+                                            plan.work / REFERENCE_DIR)
             except BuildError as exc:      # this variant's options do not build: the others may
                 result.status, result.error = "build failed", str(exc).splitlines()[0]
             except RunStopped as exc:

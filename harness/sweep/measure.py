@@ -129,7 +129,8 @@ def against_reference(work_dir: Path, audit: dict) -> Reference | None:
         for side in sides:
             logits = np.asarray(p[f"{side}_logits"], np.float32).reshape(views, -1)
             top1 = int(np.argmax(average_views(logits, views, "prob")[0]))
-            sides[side].append(Video(p["index"], p["path"], p["label"], True, top1))
+            # (the audit's path is the file read: the location too)
+            sides[side].append(Video(p["index"], p["path"], p["path"], p["label"], True, top1))
     same = {"list_sha256": "audited videos"}      # paired by list index
     got = compare(Run(work_dir, same, sides["device"], None),
                   Run(work_dir, same, sides["reference"], None), None)
