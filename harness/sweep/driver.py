@@ -7,7 +7,7 @@ are harness.build's, cached by option hash: a second sweep rebuilds nothing. One
 serves every variant (started here unless one is joined); decoded views never touch disk.
 
 The audit's fp32 reference scores each audited video once per sweep, not once per variant:
-its answers are kept in ``<sweep work dir>/reference/`` (harness.reference_cache, keyed by the
+its answers are kept in ``<sweep work dir>/_reference/`` (harness.reference_cache, keyed by the
 reference model's content and the decoding), and a later variant with the same reference
 reads them instead of waiting for the CPU again.
 
@@ -34,7 +34,9 @@ log = logging.getLogger("harness.sweep")
 
 SWEEP_FILE = "sweep.json"
 AUDIT_ALL = 2 ** 31 - 1      # --audit for "every evaluated video" (audit_indices takes them all)
-REFERENCE_DIR = "reference"  # the reference answers every variant shares (harness.reference_cache)
+# the reference answers every variant shares (harness.reference_cache); a leading "_" is no
+# variant's folder (slug_of strips it)
+REFERENCE_DIR = "_reference"
 
 
 @dataclass(frozen=True)
