@@ -395,9 +395,15 @@ def test_a_killed_sweep_resumes_to_the_same_sweep_json(tiny, doubles_env, tmp_pa
     sweep = _start(tiny, argv(work), tmp_path / "killed.log")
     try:
         gate.release(timeout=300)            # variant 1 reads the gate and finishes
-        fd = _wait_for_reader(gate.path)     # variant 2 is at the gate: 3 videos recorded
         first_summary = work / "precision_mode-force_fp16" / "summary.json"
-        assert first_summary.is_file()
+        # (variant 1's reader may hold the FIFO a moment after the release, and a writer's open
+        # succeeds while any reader has it: wait for variant 1's end before waiting for 2's)
+        deadline = 300.0
+        while not first_summary.is_file():
+            assert sweep.poll() is None and deadline > 0, (tmp_path / "killed.log").read_text()
+            deadline -= 0.1
+            threading.Event().wait(0.1)
+        fd = _wait_for_reader(gate.path)     # variant 2 is at the gate: 3 videos recorded
         kept_at = first_summary.stat().st_mtime_ns
         sweep.send_signal(signal.SIGKILL)
         sweep.wait(60)
@@ -475,7 +481,8 @@ def test_ctrl_c_finishes_the_video_in_flight_and_says_how_to_resume(tiny, double
     assert "why: interrupted: resume the sweep to finish it" in out
     assert f"interrupted: resume with: python -m harness.sweep {shlex.join(argv)}" in out
     summary = json.loads((tmp_path / "w" / "precision_mode-force_fp16" / "summary.json").read_text())
-    assert (summary["interrupted"], summary["videos_total"]) == (True, 4)   # 3, then the gate
+    # 3, then the gate's video, of the 6 --limit chose
+    assert (summary["interrupted"], summary["videos_recorded"], summary["videos_total"]) == (True, 4, 6)
 
 
 # ------------------------------------------------------------------ the reference, once a sweep

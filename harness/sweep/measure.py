@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.audit import NOTHING_TO_AUDIT
+
 DEVICE_SPEED = "videos_per_s"
 ALPHA = 0.05
 
@@ -100,6 +102,9 @@ def from_run(result: VariantResult, summary: dict, thresholds: Thresholds) -> Va
     result.top1_agreement = audit.get("top1_agreement")
     result.top1_agreement_ci95 = _list(audit.get("top1_agreement_ci95"))
     result.max_abs_prob_diff = audit.get("max_abs_prob_diff")
+    if audit.get("skipped") == NOTHING_TO_AUDIT:   # fp32 on a CPU: the variant is the reference
+        result.audit_reference = "itself: the fp32 reference on a CPU"
+        result.audited, result.top1_agreement, result.max_abs_prob_diff = result.videos, 1.0, 0.0
     result.artifact_hash = (summary.get("artifact") or {}).get("hash")
     result.simulated = bool(summary.get("simulated_devices"))
     reference = against_reference(Path(result.work_dir), audit)
