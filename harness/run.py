@@ -33,7 +33,8 @@ from typing import Any, Callable
 from harness import cli
 from harness.backends import BACKENDS, ModelSpec
 from harness.chips import ChipModels
-from harness.cluster import DevicePlan, RayLost
+from harness.cluster import DevicePlan
+from harness.ray_link import RayLost
 from harness.errors import ConfigError, DeviceError, HarnessError
 from harness.limits import Timeouts
 from harness.progress import Progress
@@ -292,7 +293,7 @@ def prepare(args: argparse.Namespace) -> Job:
     plan = device_plan(args)
     check_ascend_toolkit(args, plan)   # before the list, the build and Ray
     if not args.no_ray:                # a silent --address fails now, not after the build
-        from harness.cluster import check_reachable
+        from harness.ray_link import check_reachable
         check_reachable(args.address)
     job_entries, ann_file, prefix, list_sha256 = [], None, None, ""
     if not args.bench_only:  # a bad list fails now, not after a long build
@@ -386,7 +387,7 @@ def check_ascend_toolkit(args, plan: DevicePlan) -> None:
     missing = []
     if not args.om and not args.atc and shutil.which("atc") is None:
         missing.append("ATC (no `atc` on PATH)")
-    from harness.cluster import cluster_address
+    from harness.ray_link import cluster_address
 
     here = args.no_ray or cluster_address(args.address)[0] is None
     if here and importlib.util.find_spec("aclruntime") is None:

@@ -163,8 +163,8 @@ class RayRunner:
         self.decoders: list = []
         self.started = False
         self.dashboard_url: str | None = None
-        self.instance = None     # cluster.RayInstance, when this runner started or joined Ray
-        self.watch = None        # cluster.InstanceWatch of that instance
+        self.instance = None     # ray_link.RayInstance, when this runner started or joined Ray
+        self.watch = None        # ray_link.InstanceWatch of that instance
         self.scheduler = None
         self._decoder = None
         self._decoder_calls = 1
@@ -187,7 +187,7 @@ class RayRunner:
             raise
 
     def _start(self, deployment: Deployment) -> list[dict]:
-        from harness import cluster
+        from harness import cluster, ray_link
 
         plan, decoder, decoders = deployment.plan, deployment.decoder, deployment.decoders
         reference, decoder_calls = deployment.reference, deployment.decoder_calls
@@ -196,8 +196,8 @@ class RayRunner:
         self.started, self.dashboard_url = cluster.connect(self.address, self.resources, plan,
                                                            decoders, others)
         if self.started:
-            self.instance = cluster.ray_instance(self.address, self.dashboard_url)
-            self.watch = cluster.InstanceWatch(self.instance.local)
+            self.instance = ray_link.ray_instance(self.address, self.dashboard_url)
+            self.watch = ray_link.InstanceWatch(self.instance.local)
         initial, self._max_decoders = cluster.wait_for_devices(plan, decoders, self.options.wait,
                                                                others)
         if decoder is None:

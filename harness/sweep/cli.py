@@ -165,7 +165,7 @@ def format_table(results: list[VariantResult]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from harness.cluster import RayLost
+    from harness.ray_link import RayLost
     from harness.run import Interrupts
 
     args = parse_args(argv)
