@@ -2,14 +2,11 @@
 headless browser."""
 
 import re
-import shutil
 
-import numpy as np
 import pytest
 
+from browser_support import assert_not_blank, headless_page, needs_chromium
 from harness.report import per_class_accuracy, top_confusions, write_report
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def _summary(videos: int, failed: int) -> dict:
@@ -78,38 +75,19 @@ def test_many_classes_show_worst_and_best(tmp_path):
     assert "400 classes: the 15 worst and the 15 best" in page
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+@needs_chromium
 def test_report_renders_in_headless_chromium(tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api")
     report = write_report(tmp_path, _summary(len(PAIRS), 2), _rows(), NAMES)
-    problems: list[str] = []
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
-        try:
-            page = browser.new_page(viewport={"width": 1100, "height": 900})
-            page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
-            page.on("pageerror", lambda e: problems.append(str(e)))
-            page.on("requestfailed", lambda r: problems.append("request failed: " + r.url))
-            page.goto(report.as_uri())
-            assert page.title().startswith("Evaluation report")
-            assert page.locator("svg.chart").count() == 2
-            # what a reader sees: the class names on the chart, a wall time people read
-            chart = page.locator('svg[aria-label="per-class top-1 accuracy"]')
-            assert sorted(chart.locator("text[text-anchor=end]").all_text_contents()) == NAMES
-            assert page.locator(".card", has_text="wall time").inner_text().split() == ["wall", "time", "4.0", "s"]
-            shot = page.screenshot(full_page=True, path=str(tmp_path / "report.png"))
-        finally:
-            browser.close()
+    with headless_page(report) as (page, problems):
+        assert page.title().startswith("Evaluation report")
+        assert page.locator("svg.chart").count() == 2
+        # what a reader sees: the class names on the chart, a wall time people read
+        chart = page.locator('svg[aria-label="per-class top-1 accuracy"]')
+        assert sorted(chart.locator("text[text-anchor=end]").all_text_contents()) == NAMES
+        assert page.locator(".card", has_text="wall time").inner_text().split() == ["wall", "time", "4.0", "s"]
+        shot = page.screenshot(full_page=True, path=str(tmp_path / "report.png"))
     assert problems == []
-    from io import BytesIO
-
-    from PIL import Image
-
-    pixels = np.asarray(Image.open(BytesIO(shot)).convert("L"))
-    assert pixels.std() > 10, "the screenshot is blank"
-    assert (pixels < 128).mean() > 0.01  # text and bars drawn, not an empty page
+    assert_not_blank(shot)
 
 
 @pytest.mark.parametrize("seconds, shown", [

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from browser_support import assert_not_blank, headless_page, needs_chromium
 from harness.run import parse_args
 from harness.sweep.cli import main
 from harness.sweep.measure import Thresholds, VariantResult, mark_pareto, reasons, recommend
@@ -37,7 +38,6 @@ VARY = "precision_mode=force_fp16,allow_mix_precision,must_keep_origin_dtype"
 KNOWN = ("input_dtype, batch, views_per_call, opset, onnx_precision, precision_mode,"
          " precision_mode_v2, op_precision_mode, op_select_implmode, keep_dtype, modify_mixlist,"
          " precision, torch_compile, uint8_input")
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 TIMINGS = ("videos_per_s", "ais_bench_videos_per_s", "end_to_end_videos_per_s")
 
 
@@ -203,38 +203,20 @@ def test_a_second_sweep_rebuilds_nothing_on_one_ray_instance(three_modes, tiny, 
     assert again == {k: v["artifact_hash"] for k, v in by_name(three_modes["doc"]).items()}
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+@needs_chromium
 def test_sweep_html_renders_in_headless_chromium(three_modes, tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api")
     page_file = three_modes["work"] / "sweep.html"
     text = page_file.read_text()
     assert "<script" not in text and "http" not in text    # self-contained
-    problems: list[str] = []
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
-            page.on("pageerror", lambda e: problems.append(str(e)))
-            page.on("requestfailed", lambda r: problems.append("request failed: " + r.url))
-            page.goto(page_file.as_uri())
-            assert page.title() == "Build-option sweep"
-            assert page.locator("table.variants tr").count() == 4          # header + 3 variants
-            assert page.locator("svg.chart circle[r='6']").count() == 3     # one point a variant
-            assert page.locator("svg.chart polyline.pareto").count() == 1
-            assert "Recommended: precision_mode=force_fp16" in page.inner_text("body")
-            shot = page.screenshot(full_page=True, path=str(tmp_path / "sweep.png"))
-        finally:
-            browser.close()
+    with headless_page(page_file, width=1200) as (page, problems):
+        assert page.title() == "Build-option sweep"
+        assert page.locator("table.variants tr").count() == 4          # header + 3 variants
+        assert page.locator("svg.chart circle[r='6']").count() == 3     # one point a variant
+        assert page.locator("svg.chart polyline.pareto").count() == 1
+        assert "Recommended: precision_mode=force_fp16" in page.inner_text("body")
+        shot = page.screenshot(full_page=True, path=str(tmp_path / "sweep.png"))
     assert problems == []
-    from io import BytesIO
-
-    from PIL import Image
-
-    pixels = np.asarray(Image.open(BytesIO(shot)).convert("L"))
-    assert pixels.std() > 10 and (pixels < 128).mean() > 0.01, "the screenshot is blank"
+    assert_not_blank(shot)
 
 
 # ------------------------------------------------------------------ refusals
